@@ -1,0 +1,198 @@
+//! The `RegistryCredential` API (group `regcred.dev`, version `v1alpha1`).
+//!
+//! Doc comments on the types below are user documentation: they become the
+//! CRD's field descriptions and are what `kubectl explain` shows.
+
+mod source;
+
+pub use source::*;
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// API group of the RegistryCredential resource.
+pub const GROUP: &str = "regcred.dev";
+/// Field manager for every server-side apply regcred makes.
+pub const FIELD_MANAGER: &str = "regcred";
+/// Label on every Secret regcred writes; the operator watches Secrets by it.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY_VALUE: &str = "regcred";
+/// Label naming the RegistryCredential a Secret belongs to.
+pub const CREDENTIAL_LABEL: &str = "regcred.dev/credential";
+/// Annotations regcred keeps on the Secrets it writes.
+pub const NOT_AFTER_ANNOTATION: &str = "regcred.dev/not-after";
+pub const ISSUED_AT_ANNOTATION: &str = "regcred.dev/issued-at";
+pub const RENEWAL_ANNOTATION: &str = "regcred.dev/renewal-time";
+/// Fingerprint (not the content) of the spec generation and referenced Secret
+/// versions that produced the current Secret data.
+pub const INPUTS_ANNOTATION: &str = "regcred.dev/inputs";
+
+/// DNS-1123 subdomain: what Kubernetes accepts as a Secret name.
+pub const DNS1123_SUBDOMAIN: &str =
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+/// Go `time.ParseDuration` syntax, positive values only (e.g. `90s`, `1h30m`).
+pub const GO_DURATION: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$";
+
+/// What to mint, where to write it and when to renew it.
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "regcred.dev",
+    version = "v1alpha1",
+    kind = "RegistryCredential",
+    plural = "registrycredentials",
+    singular = "registrycredential",
+    shortname = "regcred",
+    category = "all",
+    namespaced,
+    doc = "A RegistryCredential keeps one kubernetes.io/dockerconfigjson Secret filled with a fresh registry credential. The credential is minted from exactly one source (AWS ECR, an OAuth2 token endpoint, a generic HTTP token endpoint, or static credentials in a Secret) and renewed before it expires. Name the Secret in a Pod's imagePullSecrets to pull with it.",
+    status = "RegistryCredentialStatus",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Registry","type":"string","jsonPath":".status.registries[0]"}"#,
+    printcolumn = r#"{"name":"Expires","type":"date","jsonPath":".status.notAfter"}"#,
+    printcolumn = r#"{"name":"Renews","type":"date","jsonPath":".status.renewalTime"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Secret","type":"string","priority":1,"jsonPath":".status.secretName"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[x_kube(validation = kube::core::Rule::new(
+    "!(has(self.renewBefore) && has(self.renewBeforePercentage))"
+).message("renewBefore and renewBeforePercentage are mutually exclusive: set at most one"))]
+#[serde(rename_all = "camelCase")]
+pub struct RegistryCredentialSpec {
+    /// Name of the `kubernetes.io/dockerconfigjson` Secret to write, in this
+    /// namespace. Defaults to the RegistryCredential's own name. regcred never
+    /// touches an existing Secret of that name that it does not own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), pattern(DNS1123_SUBDOMAIN))]
+    pub secret_name: Option<String>,
+
+    /// Where the credential comes from. Set exactly one of `ecr`, `oauth2`,
+    /// `http` or `basic`.
+    pub source: CredentialSource,
+
+    /// Renew this long before the credential expires, as a Go duration
+    /// (e.g. `1h`, `30m`, `90s`). Mutually exclusive with
+    /// `renewBeforePercentage`. When neither is set, the credential is renewed
+    /// once two thirds of its lifetime have passed. regcred always renews at
+    /// least a safety margin before expiry, even if this asks for later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64), pattern(GO_DURATION))]
+    pub renew_before: Option<String>,
+
+    /// Renew when this percentage of the credential's lifetime remains
+    /// (1–99). `33` renews after two thirds of the lifetime. Mutually
+    /// exclusive with `renewBefore`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 99))]
+    pub renew_before_percentage: Option<i32>,
+
+    /// Extra labels and annotations for the written Secret. regcred's own
+    /// labels and annotations (under `regcred.dev/` and
+    /// `app.kubernetes.io/managed-by`) always win.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_template: Option<SecretTemplate>,
+}
+
+/// Extra metadata for the written Secret.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretTemplate {
+    /// Labels added to the Secret.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Annotations added to the Secret.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Observed state of a RegistryCredential, written by regcred.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistryCredentialStatus {
+    /// Current conditions. `Ready` is `True` while the Secret holds a valid
+    /// credential that regcred keeps renewing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Name of the Secret regcred writes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    /// Registry hosts the Secret holds credentials for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub registries: Vec<String>,
+    /// When the credential in the Secret expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<DateTime<Utc>>,
+    /// When regcred will mint the next credential.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewal_time: Option<DateTime<Utc>>,
+    /// When the Secret was last written with a new credential.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rotation_time: Option<DateTime<Utc>>,
+    /// Consecutive failed attempts since the last success; reset on success.
+    #[serde(default)]
+    pub failed_attempts: i32,
+    /// When the last attempt failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure_time: Option<DateTime<Utc>>,
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// A status condition, as in `metav1.Condition`.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// Condition type, e.g. `Ready`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// A CamelCase reason, e.g. `Rotated` or `MintFailed`.
+    pub reason: String,
+    /// A human-readable message.
+    #[serde(default)]
+    pub message: String,
+    /// When the condition last changed status.
+    pub last_transition_time: DateTime<Utc>,
+    /// The `metadata.generation` the condition was set for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// Condition type regcred maintains.
+pub const READY: &str = "Ready";
+
+impl RegistryCredential {
+    /// The Secret this credential writes: `spec.secretName`, else its own name.
+    pub fn secret_name(&self) -> String {
+        self.spec
+            .secret_name
+            .clone()
+            .unwrap_or_else(|| self.metadata.name.clone().unwrap_or_default())
+    }
+
+    /// The Ready condition, if any.
+    pub fn ready(&self) -> Option<&Condition> {
+        self.status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == READY))
+    }
+}
+
+impl RegistryCredentialStatus {
+    /// Set a condition, keeping `lastTransitionTime` when the status is unchanged.
+    pub fn set_condition(&mut self, mut cond: Condition) {
+        if let Some(old) = self.conditions.iter_mut().find(|c| c.type_ == cond.type_) {
+            if old.status == cond.status {
+                cond.last_transition_time = old.last_transition_time;
+            }
+            *old = cond;
+        } else {
+            self.conditions.push(cond);
+        }
+    }
+}

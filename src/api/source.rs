@@ -1,0 +1,388 @@
+//! The `spec.source` part of the API: one struct per kind of source.
+
+use std::collections::BTreeMap;
+
+use kube::KubeSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{DNS1123_SUBDOMAIN, GO_DURATION};
+
+/// A registry host as it appears as a key in `.dockerconfigjson`
+/// (`registry.example.com`, `registry.example.com:5000`,
+/// `https://index.docker.io/v1/`).
+pub const REGISTRY_HOST: &str = r"^(https?://)?[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?(:[0-9]{1,5})?(/[-A-Za-z0-9._~/]*)?$";
+
+/// Where the credential comes from: exactly one of `ecr`, `oauth2`, `http`, `basic`.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[x_kube(validation = kube::core::Rule::new(
+    "[has(self.ecr), has(self.oauth2), has(self.http), has(self.basic)].filter(x, x).size() == 1"
+).message("exactly one of ecr, oauth2, http or basic must be set"))]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialSource {
+    /// Mint a 12-hour token with AWS ECR `GetAuthorizationToken`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ecr: Option<EcrSource>,
+    /// Fetch an access token with the OAuth2 client-credentials grant and use
+    /// it as the registry password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth2: Option<OAuth2Source>,
+    /// Fetch a token from a generic HTTP endpoint and map its JSON response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpSource>,
+    /// Use a username and password (robot account, deploy token, access
+    /// token) stored in a Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic: Option<BasicSource>,
+}
+
+/// A Secret in the RegistryCredential's own namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretRef {
+    /// Name of the Secret, in the RegistryCredential's namespace.
+    #[schemars(length(min = 1, max = 253), pattern(DNS1123_SUBDOMAIN))]
+    pub name: String,
+}
+
+/// A single key of a Secret in the RegistryCredential's own namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret, in the RegistryCredential's namespace.
+    #[schemars(length(min = 1, max = 253), pattern(DNS1123_SUBDOMAIN))]
+    pub name: String,
+    /// Key within the Secret's data.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+// ---------------------------------------------------------------- ECR
+
+/// AWS ECR: `GetAuthorizationToken` for one or more registries.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[x_kube(validation = kube::core::Rule::new("!has(self.webIdentity) || has(self.roleArn)")
+    .message("webIdentity requires roleArn: the ServiceAccount token is exchanged for that role"))]
+#[x_kube(validation = kube::core::Rule::new("!(has(self.webIdentity) && has(self.credentialsSecretRef))")
+    .message("webIdentity and credentialsSecretRef are mutually exclusive"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.endpoint) || self.endpoint.startsWith('https://') || (has(self.allowInsecureHTTP) && self.allowInsecureHTTP)")
+    .message("endpoint must use https:// (set allowInsecureHTTP: true to allow http://)")
+    .field_path(".endpoint"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.stsEndpoint) || self.stsEndpoint.startsWith('https://') || (has(self.allowInsecureHTTP) && self.allowInsecureHTTP)")
+    .message("stsEndpoint must use https:// (set allowInsecureHTTP: true to allow http://)")
+    .field_path(".stsEndpoint"))]
+#[x_kube(validation = kube::core::Rule::new("!(has(self.public) && self.public) || !has(self.registryIds)")
+    .message("registryIds does not apply to ECR Public"))]
+#[serde(rename_all = "camelCase")]
+pub struct EcrSource {
+    /// AWS region of the registries, e.g. `eu-west-1`. ECR Public always
+    /// uses `us-east-1`.
+    #[schemars(length(min = 1, max = 32), pattern(r"^[a-z]{2}(-[a-z]+)+-[0-9]+$"))]
+    pub region: String,
+    /// 12-digit AWS account ids of the registries. Each id becomes one entry
+    /// in the Secret, keyed by its registry host. Defaults to the account of
+    /// the credentials in use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 20), inner(pattern(r"^[0-9]{12}$")))]
+    pub registry_ids: Option<Vec<String>>,
+    /// Mint a token for ECR Public (`public.ecr.aws`) instead of a private
+    /// registry. ECR Public tokens are issued in `us-east-1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public: Option<bool>,
+    /// Override the ECR API endpoint (VPC endpoints, FIPS endpoints, tests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048), pattern(r"^https?://"))]
+    pub endpoint: Option<String>,
+    /// Override the STS endpoint used for `roleArn` and `webIdentity`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048), pattern(r"^https?://"))]
+    pub sts_endpoint: Option<String>,
+    /// Allow `http://` endpoints. Only for tests and trusted local networks.
+    #[serde(default, rename = "allowInsecureHTTP", skip_serializing_if = "Option::is_none")]
+    pub allow_insecure_http: Option<bool>,
+    /// Static AWS keys from a Secret in this namespace, with keys
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and optionally
+    /// `AWS_SESSION_TOKEN`. When neither this nor `webIdentity` is set, the
+    /// operator's own AWS identity is used, if the operator allows it for
+    /// this namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<SecretRef>,
+    /// IAM role to assume (STS `AssumeRole`) on top of the base credentials,
+    /// e.g. for pulling from another account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 20, max = 2048), pattern(r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/.+$"))]
+    pub role_arn: Option<String>,
+    /// External id for `AssumeRole`, when the role's trust policy requires one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 1224))]
+    pub external_id: Option<String>,
+    /// Session name for the assumed role. Defaults to `regcred-<namespace>-<name>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 64), pattern(r"^[\w+=,.@-]+$"))]
+    pub role_session_name: Option<String>,
+    /// Exchange a token of a ServiceAccount in this namespace for `roleArn`
+    /// (STS `AssumeRoleWithWebIdentity`), so each team uses its own IAM role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web_identity: Option<WebIdentity>,
+}
+
+/// A ServiceAccount token exchanged for an IAM role.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebIdentity {
+    /// ServiceAccount in this namespace whose token is requested.
+    #[schemars(length(min = 1, max = 253), pattern(DNS1123_SUBDOMAIN))]
+    pub service_account_name: String,
+    /// Audience of the requested token. Defaults to `sts.amazonaws.com`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub audience: Option<String>,
+}
+
+// ---------------------------------------------------------------- shared HTTP settings
+
+/// TLS settings for an HTTPS endpoint.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsConfig {
+    /// PEM CA bundle to trust instead of the built-in public roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle_secret_ref: Option<SecretKeyRef>,
+    /// Client certificate for mutual TLS: a `kubernetes.io/tls` Secret in
+    /// this namespace (keys `tls.crt` and `tls.key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate_secret_ref: Option<SecretRef>,
+}
+
+// ---------------------------------------------------------------- OAuth2
+
+/// How the OAuth2 client authenticates to the token endpoint.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+pub enum ClientAuthMethod {
+    /// HTTP Basic authentication with client id and secret (RFC 6749 §2.3.1).
+    #[default]
+    #[serde(rename = "client_secret_basic")]
+    ClientSecretBasic,
+    /// Client id and secret in the form body.
+    #[serde(rename = "client_secret_post")]
+    ClientSecretPost,
+}
+
+/// OAuth2 client-credentials grant (RFC 6749 §4.4).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[x_kube(validation = kube::core::Rule::new("self.tokenURL.startsWith('https://') || (has(self.allowInsecureHTTP) && self.allowInsecureHTTP)")
+    .message("tokenURL must use https:// (set allowInsecureHTTP: true to allow http://)")
+    .field_path(".tokenURL"))]
+#[serde(rename_all = "camelCase")]
+pub struct OAuth2Source {
+    /// Token endpoint URL.
+    #[serde(rename = "tokenURL")]
+    #[schemars(length(min = 1, max = 2048), pattern(r"^https?://[^\s/?#]+([/?#]\S*)?$"))]
+    pub token_url: String,
+    /// Secret in this namespace with the client id and secret.
+    pub client_secret_ref: ClientSecretRef,
+    /// How the client authenticates: `client_secret_basic` (default) or
+    /// `client_secret_post`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_method: Option<ClientAuthMethod>,
+    /// Scopes to request.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 256)))]
+    pub scopes: Vec<String>,
+    /// `audience` form parameter, for servers that want one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub audience: Option<String>,
+    /// Extra form parameters sent with the token request.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 32))]
+    pub extra_params: BTreeMap<String, String>,
+    /// Username written next to the access token. Defaults to
+    /// `oauth2accesstoken` (what Google Artifact Registry expects).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub username: Option<String>,
+    /// Registry hosts the token is written for.
+    #[schemars(length(min = 1, max = 20), inner(length(min = 1, max = 253), pattern(REGISTRY_HOST)))]
+    pub registries: Vec<String>,
+    #[serde(flatten)]
+    pub client: HttpClientSettings,
+}
+
+/// Secret keys holding an OAuth2 client's id and secret.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientSecretRef {
+    /// Name of the Secret, in the RegistryCredential's namespace.
+    #[schemars(length(min = 1, max = 253), pattern(DNS1123_SUBDOMAIN))]
+    pub name: String,
+    /// Key holding the client id. Defaults to `client_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub client_id_key: Option<String>,
+    /// Key holding the client secret. Defaults to `client_secret`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub client_secret_key: Option<String>,
+}
+
+/// Connection settings shared by the `oauth2` and `http` sources.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpClientSettings {
+    /// Allow an `http://` URL. Tokens then cross the network in clear text:
+    /// only for tests and trusted local networks.
+    #[serde(default, rename = "allowInsecureHTTP", skip_serializing_if = "Option::is_none")]
+    pub allow_insecure_http: Option<bool>,
+    /// CA bundle and client certificate for the endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+    /// Request timeout as a Go duration. Defaults to `10s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64), pattern(GO_DURATION))]
+    pub timeout: Option<String>,
+}
+
+// ---------------------------------------------------------------- generic HTTP
+
+/// HTTP method of a token request.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+pub enum HttpMethod {
+    #[default]
+    #[serde(rename = "GET")]
+    Get,
+    #[serde(rename = "POST")]
+    Post,
+}
+
+/// A generic token endpoint whose JSON response is mapped by JSON pointers.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[x_kube(validation = kube::core::Rule::new("self.url.startsWith('https://') || (has(self.allowInsecureHTTP) && self.allowInsecureHTTP)")
+    .message("url must use https:// (set allowInsecureHTTP: true to allow http://)")
+    .field_path(".url"))]
+#[serde(rename_all = "camelCase")]
+pub struct HttpSource {
+    /// Token endpoint URL.
+    #[schemars(length(min = 1, max = 2048), pattern(r"^https?://[^\s/?#]+([/?#]\S*)?$"))]
+    pub url: String,
+    /// `GET` (default) or `POST`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<HttpMethod>,
+    /// Query parameters, e.g. a Docker token endpoint's `service` and `scope`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 32))]
+    pub query: BTreeMap<String, String>,
+    /// Request headers; values may come from Secrets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub headers: Vec<HttpHeader>,
+    /// Authentication for the token request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<HttpAuth>,
+    /// How to read the response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<ResponseMapping>,
+    /// Registry hosts the token is written for.
+    #[schemars(length(min = 1, max = 20), inner(length(min = 1, max = 253), pattern(REGISTRY_HOST)))]
+    pub registries: Vec<String>,
+    #[serde(flatten)]
+    pub client: HttpClientSettings,
+}
+
+/// One request header.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[x_kube(validation = kube::core::Rule::new("has(self.value) != has(self.valueFrom)")
+    .message("set exactly one of value or valueFrom"))]
+#[serde(rename_all = "camelCase")]
+pub struct HttpHeader {
+    /// Header name.
+    #[schemars(length(min = 1, max = 256), pattern(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"))]
+    pub name: String,
+    /// A literal value (not for secrets: use `valueFrom`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    pub value: Option<String>,
+    /// The value, from a Secret key in this namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_from: Option<SecretKeyRef>,
+}
+
+/// Authentication for a generic token request.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[x_kube(validation = kube::core::Rule::new("has(self.basic) != has(self.bearer)")
+    .message("set exactly one of basic or bearer"))]
+#[serde(rename_all = "camelCase")]
+pub struct HttpAuth {
+    /// HTTP Basic authentication with `username` and `password` from a Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic: Option<SecretRef>,
+    /// `Authorization: Bearer` with a token from a Secret key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bearer: Option<SecretKeyRef>,
+}
+
+/// JSON pointers (RFC 6901) into the token response.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResponseMapping {
+    /// Pointer to the password. Defaults to `/token`, then `/access_token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512), pattern(r"^(/.*)?$"))]
+    pub password_pointer: Option<String>,
+    /// Pointer to the username in the response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512), pattern(r"^(/.*)?$"))]
+    pub username_pointer: Option<String>,
+    /// A fixed username, when the response has none. Defaults to `token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub username: Option<String>,
+    /// Pointer to a lifetime in seconds. Defaults to `/expires_in`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512), pattern(r"^(/.*)?$"))]
+    pub expires_in_pointer: Option<String>,
+    /// Pointer to an absolute expiry: RFC 3339 text or Unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512), pattern(r"^(/.*)?$"))]
+    pub expires_at_pointer: Option<String>,
+    /// Lifetime assumed when the response gives no expiry and the token is
+    /// not a JWT with an `exp` claim. Defaults to `60s`, as the Docker token
+    /// specification prescribes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64), pattern(GO_DURATION))]
+    pub default_lifetime: Option<String>,
+}
+
+// ---------------------------------------------------------------- basic
+
+/// Static credentials from a Secret.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BasicSource {
+    /// Secret in this namespace holding the username and password.
+    pub secret_ref: BasicSecretRef,
+    /// Registry hosts the credentials are written for.
+    #[schemars(length(min = 1, max = 20), inner(length(min = 1, max = 253), pattern(REGISTRY_HOST)))]
+    pub registries: Vec<String>,
+    /// How often to re-read the Secret even without a change event, as a Go
+    /// duration. Defaults to `1h`. Changes to the Secret are picked up at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64), pattern(GO_DURATION))]
+    pub refresh_interval: Option<String>,
+}
+
+/// Secret keys holding a username and password.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BasicSecretRef {
+    /// Name of the Secret, in the RegistryCredential's namespace.
+    #[schemars(length(min = 1, max = 253), pattern(DNS1123_SUBDOMAIN))]
+    pub name: String,
+    /// Key holding the username. Defaults to `username`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub username_key: Option<String>,
+    /// Key holding the password or token. Defaults to `password`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub password_key: Option<String>,
+}

@@ -1,0 +1,151 @@
+//! `oauth2`: the client-credentials grant (RFC 6749 §4.4). The access token
+//! becomes the registry password.
+
+use base64::Engine;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use url::form_urlencoded;
+
+use super::httpclient::{self, checked_url, endpoint_of};
+use super::reader::take_key;
+use super::{MintFuture, Minted, SourceContext, SourceError, TokenSource};
+use crate::api::{ClientAuthMethod, OAuth2Source};
+
+/// Username written next to the access token unless the spec names another.
+pub const DEFAULT_USERNAME: &str = "oauth2accesstoken";
+
+pub struct OAuth2 {
+    spec: OAuth2Source,
+    url: url::Url,
+    cx: SourceContext,
+}
+
+impl OAuth2 {
+    pub fn new(spec: OAuth2Source, cx: SourceContext) -> Result<Self, SourceError> {
+        let url = checked_url("spec.source.oauth2.tokenURL", &spec.token_url, &spec.client)?;
+        Ok(Self { spec, url, cx })
+    }
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    #[serde(default)]
+    token_type: Option<String>,
+    #[serde(default)]
+    expires_in: Option<serde_json::Value>,
+}
+
+/// Read a token response. `expires_in` may be a number or a numeric string.
+fn parse_token_response(body: &[u8], endpoint: &str) -> Result<(SecretString, Option<i64>), SourceError> {
+    let invalid = |problem: &str| SourceError::InvalidResponse { endpoint: endpoint.to_string(), problem: problem.to_string() };
+    let r: TokenResponse = serde_json::from_slice(body).map_err(|_| invalid("not a JSON token response with access_token"))?;
+    if r.access_token.is_empty() {
+        return Err(invalid("access_token is empty"));
+    }
+    if let Some(t) = &r.token_type {
+        if !t.eq_ignore_ascii_case("bearer") {
+            return Err(invalid("token_type is not Bearer"));
+        }
+    }
+    let expires_in = match r.expires_in {
+        None | Some(serde_json::Value::Null) => None,
+        Some(v) => Some(super::http::as_seconds(&v).ok_or_else(|| invalid("expires_in is not a number of seconds"))?),
+    };
+    if expires_in.is_some_and(|s| s <= 0) {
+        return Err(invalid("expires_in is not positive"));
+    }
+    Ok((SecretString::from(r.access_token), expires_in))
+}
+
+/// The form body of a client-credentials request and, for
+/// `client_secret_basic`, the Authorization header value.
+fn request_body(spec: &OAuth2Source, id: &SecretString, secret: &SecretString) -> (String, Option<String>) {
+    let mut form = form_urlencoded::Serializer::new(String::new());
+    form.append_pair("grant_type", "client_credentials");
+    if !spec.scopes.is_empty() {
+        form.append_pair("scope", &spec.scopes.join(" "));
+    }
+    if let Some(a) = &spec.audience {
+        form.append_pair("audience", a);
+    }
+    for (k, v) in &spec.extra_params {
+        form.append_pair(k, v);
+    }
+    let authorization = match spec.auth_method.unwrap_or_default() {
+        ClientAuthMethod::ClientSecretBasic => {
+            // RFC 6749 §2.3.1: form-encode id and secret before Basic.
+            let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            let pair = format!("{}:{}", enc(id.expose_secret()), enc(secret.expose_secret()));
+            Some(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair)))
+        }
+        ClientAuthMethod::ClientSecretPost => {
+            form.append_pair("client_id", id.expose_secret());
+            form.append_pair("client_secret", secret.expose_secret());
+            None
+        }
+    };
+    (form.finish(), authorization)
+}
+
+impl TokenSource for OAuth2 {
+    fn mint(&self) -> MintFuture<'_> {
+        Box::pin(async move {
+            let endpoint = endpoint_of(&self.url);
+            let r = &self.spec.client_secret_ref;
+            let mut data = self.cx.secrets.data(&r.name).await?;
+            let id = take_key(&mut data, &r.name, r.client_id_key.as_deref().unwrap_or("client_id"))?;
+            let secret = take_key(&mut data, &r.name, r.client_secret_key.as_deref().unwrap_or("client_secret"))?;
+            let client = httpclient::build(&self.spec.client, &self.cx.secrets).await?;
+
+            let (body, authorization) = request_body(&self.spec, &id, &secret);
+            let mut req = client
+                .post(self.url.clone())
+                .header("accept", "application/json")
+                .header("content-type", "application/x-www-form-urlencoded");
+            if let Some(a) = authorization {
+                let mut v = reqwest::header::HeaderValue::from_str(&a).map_err(|_| SourceError::InvalidSpec {
+                    field: "spec.source.oauth2.clientSecretRef",
+                    problem: "the client id or secret cannot be sent in a header".into(),
+                })?;
+                v.set_sensitive(true);
+                req = req.header("authorization", v);
+            }
+            let req = req.body(body);
+            let issued_at = (self.cx.now)();
+            let resp = httpclient::send(req, &endpoint).await?;
+            if !(200..300).contains(&resp.status) {
+                return Err(httpclient::status_error(&endpoint, &resp));
+            }
+            let (token, expires_in) = parse_token_response(&resp.body, &endpoint)?;
+            let username = self.spec.username.as_deref().unwrap_or(DEFAULT_USERNAME);
+            let expires_at = expires_in.map(|s| issued_at + chrono::Duration::seconds(s));
+            Ok(Minted::for_all(&self.spec.registries, username, &token, issued_at, expires_at))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_responses() {
+        let ok = |b: &str| parse_token_response(b.as_bytes(), "e").map(|(t, e)| (t.expose_secret().to_string(), e));
+        assert_eq!(ok(r#"{"access_token":"a","token_type":"Bearer","expires_in":30}"#).unwrap(), ("a".into(), Some(30)));
+        assert_eq!(ok(r#"{"access_token":"a","token_type":"bearer","expires_in":"45"}"#).unwrap(), ("a".into(), Some(45)));
+        assert_eq!(ok(r#"{"access_token":"a"}"#).unwrap(), ("a".into(), None));
+        for bad in [
+            r#"{"token":"a"}"#,
+            r#"{"access_token":""}"#,
+            r#"{"access_token":"a","token_type":"mac"}"#,
+            r#"{"access_token":"a","expires_in":"soon"}"#,
+            r#"{"access_token":"a","expires_in":0}"#,
+            "not json",
+        ] {
+            let err = ok(bad).unwrap_err();
+            assert_eq!(err.category(), "InvalidResponse", "{bad}");
+            assert!(!err.to_string().contains("\"a\""), "{err}");
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! Reads the Secrets a source references, on demand, in one namespace only.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, Client};
+use secrecy::SecretString;
+
+use super::SourceError;
+
+/// Reads Secrets of one namespace. Data is read when minting and dropped
+/// after; nothing is cached.
+#[derive(Clone)]
+pub struct SecretReader {
+    api: Api<Secret>,
+    namespace: String,
+}
+
+impl SecretReader {
+    pub fn new(client: Client, namespace: &str) -> Self {
+        Self { api: Api::namespaced(client, namespace), namespace: namespace.to_string() }
+    }
+
+    /// All data of a Secret, as raw bytes.
+    pub async fn data(&self, name: &str) -> Result<BTreeMap<String, Vec<u8>>, SourceError> {
+        Ok(self.versioned_data(name).await?.1)
+    }
+
+    /// A Secret's resourceVersion and data.
+    pub async fn versioned_data(&self, name: &str) -> Result<(String, BTreeMap<String, Vec<u8>>), SourceError> {
+        let secret = self.api.get_opt(name).await.map_err(|e| SourceError::SecretRead {
+            name: name.to_string(),
+            reason: summarize_kube_error(&e),
+        })?;
+        let secret = secret.ok_or_else(|| SourceError::SecretNotFound {
+            namespace: self.namespace.clone(),
+            name: name.to_string(),
+        })?;
+        let rv = secret.metadata.resource_version.unwrap_or_default();
+        Ok((rv, secret.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect()))
+    }
+
+    /// One key of a Secret as text, trimmed of a trailing newline (as left by
+    /// `kubectl create secret --from-file`). Missing or empty is an error.
+    pub async fn key(&self, name: &str, key: &str) -> Result<SecretString, SourceError> {
+        let mut data = self.data(name).await?;
+        take_key(&mut data, name, key)
+    }
+}
+
+/// Take one key out of Secret data as text.
+pub fn take_key(data: &mut BTreeMap<String, Vec<u8>>, name: &str, key: &str) -> Result<SecretString, SourceError> {
+    let missing = || SourceError::SecretKeyMissing { name: name.to_string(), key: key.to_string() };
+    let raw = data.remove(key).ok_or_else(missing)?;
+    let text = String::from_utf8(raw).map_err(|_| missing())?;
+    let trimmed = text.trim_end_matches(['\r', '\n']);
+    if trimmed.is_empty() {
+        return Err(missing());
+    }
+    Ok(SecretString::from(trimmed.to_string()))
+}
+
+/// The status code and reason of an API error, without its body.
+pub fn summarize_kube_error(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => format!("API server answered {} {}", s.code, s.reason),
+        _ => "the API server could not be reached".to_string(),
+    }
+}
