@@ -5,6 +5,19 @@
 //! `secret` (rendering and applying the pull Secret), `status`, `controller`.
 
 pub mod api;
+pub mod cli;
+pub mod controller;
 pub mod crdgen;
+pub mod metrics;
 pub mod schedule;
+pub mod secret;
 pub mod source;
+pub mod status;
+pub mod telemetry;
+
+/// Make ring the process-wide rustls provider. Both ring (kube, our HTTP
+/// client) and aws-lc-rs (the AWS SDK) are linked, so rustls cannot pick one
+/// by itself. Idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

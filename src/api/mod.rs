@@ -29,6 +29,8 @@ pub const RENEWAL_ANNOTATION: &str = "regcred.dev/renewal-time";
 /// Fingerprint (not the content) of the spec generation and referenced Secret
 /// versions that produced the current Secret data.
 pub const INPUTS_ANNOTATION: &str = "regcred.dev/inputs";
+/// Digest of the data regcred wrote, to notice edits by others.
+pub const DATA_DIGEST_ANNOTATION: &str = "regcred.dev/data-digest";
 
 /// DNS-1123 subdomain: what Kubernetes accepts as a Secret name.
 pub const DNS1123_SUBDOMAIN: &str =
@@ -51,8 +53,8 @@ pub const GO_DURATION: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$";
     status = "RegistryCredentialStatus",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Registry","type":"string","jsonPath":".status.registries[0]"}"#,
-    printcolumn = r#"{"name":"Expires","type":"date","jsonPath":".status.notAfter"}"#,
-    printcolumn = r#"{"name":"Renews","type":"date","jsonPath":".status.renewalTime"}"#,
+    printcolumn = r#"{"name":"Expires","type":"string","jsonPath":".status.notAfter"}"#,
+    printcolumn = r#"{"name":"Renews","type":"string","jsonPath":".status.renewalTime"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Secret","type":"string","priority":1,"jsonPath":".status.secretName"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
@@ -140,6 +142,10 @@ pub struct RegistryCredentialStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// Fingerprint of the spec generation and the versions of the referenced
+    /// Secrets at the last attempt; a change means "mint again now".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_inputs: Option<String>,
 }
 
 /// A status condition, as in `metav1.Condition`.

@@ -368,6 +368,15 @@ pub struct BasicSource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 64), pattern(GO_DURATION))]
     pub refresh_interval: Option<String>,
+    /// Log in to each registry (Docker Registry HTTP API v2, as `docker
+    /// login` does) before writing the credentials, so a wrong password never
+    /// replaces a working one. Defaults to `true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<bool>,
+    /// Verify over plain `http://` instead of `https://`. Only for tests and
+    /// trusted local networks.
+    #[serde(default, rename = "allowInsecureHTTP", skip_serializing_if = "Option::is_none")]
+    pub allow_insecure_http: Option<bool>,
 }
 
 /// Secret keys holding a username and password.

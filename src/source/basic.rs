@@ -26,7 +26,15 @@ impl TokenSource for Basic {
             let user = take_key(&mut data, &r.name, r.username_key.as_deref().unwrap_or("username"))?;
             let password = take_key(&mut data, &r.name, r.password_key.as_deref().unwrap_or("password"))?;
             // A username is not secret material; it is shown in the Secret as is.
-            Ok(Minted::for_all(&self.spec.registries, user.expose_secret(), &password, (self.cx.now)(), None))
+            let minted = Minted::for_all(&self.spec.registries, user.expose_secret(), &password, (self.cx.now)(), None);
+            if self.spec.verify != Some(false) {
+                let client = super::httpclient::build(&Default::default(), &self.cx.secrets).await?;
+                let allow_http = self.spec.allow_insecure_http == Some(true);
+                for entry in &minted.entries {
+                    super::login::check(&client, entry, allow_http).await?;
+                }
+            }
+            Ok(minted)
         })
     }
 }

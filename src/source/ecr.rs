@@ -147,9 +147,8 @@ pub fn selector_matches(selector: &str, labels: &std::collections::BTreeMap<Stri
     selector.split(',').map(str::trim).filter(|t| !t.is_empty()).all(|term| {
         if let Some((k, v)) = term.split_once("!=") {
             labels.get(k.trim()).map(String::as_str) != Some(v.trim())
-        } else if let Some((k, v)) = term.split_once('=') {
-            let k = k.trim().trim_end_matches('=');
-            labels.get(k).map(String::as_str) == Some(v.trim())
+        } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
+            labels.get(k.trim()).map(String::as_str) == Some(v.trim())
         } else if let Some(k) = term.strip_prefix('!') {
             !labels.contains_key(k.trim())
         } else {

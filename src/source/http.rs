@@ -208,7 +208,7 @@ mod tests {
             // nested pointers and a username from the response
             (r#"{"data":{"user":"robot$x","secret":"t4","ttl":"90"}}"#, m(Some("/data/user"), Some("/data/secret"), Some("/data/ttl"), None), "robot$x", "t4", at(90)),
             // expires_at as RFC 3339
-            (r#"{"token":"t5","exp":"2027-01-15T08:00:00Z"}"#, m(None, None, None, Some("/exp")), "token", "t5", DateTime::parse_from_rfc3339("2027-01-15T08:00:00Z").unwrap().into()),
+            (r#"{"token":"t5","exp":"2027-06-01T08:00:00+02:00"}"#, m(None, None, None, Some("/exp")), "token", "t5", DateTime::parse_from_rfc3339("2027-06-01T06:00:00Z").unwrap().into()),
             // expires_at as epoch seconds
             (r#"{"token":"t6","exp":1800000123}"#, m(None, None, None, Some("/exp")), "token", "t6", at(123)),
             // JWT exp claim when no expires_in

@@ -9,6 +9,7 @@ mod ecr;
 mod error;
 mod http;
 mod httpclient;
+mod login;
 mod oauth2;
 mod reader;
 
@@ -18,9 +19,9 @@ use std::pin::Pin;
 use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 
-pub use ecr::{EcrMinter, EcrSettings};
+pub use ecr::{decode_token as decode_ecr_token, EcrMinter, EcrSettings};
 pub use error::SourceError;
-pub use reader::SecretReader;
+pub use reader::{summarize_kube_error, SecretReader};
 
 use crate::api::CredentialSource;
 

@@ -1,0 +1,113 @@
+//! Prometheus metrics. Labels are object names and bounded reasons, never
+//! secret material.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CredentialLabels {
+    pub namespace: String,
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    pub namespace: String,
+    pub name: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub expiry: Family<CredentialLabels, Gauge>,
+    pub renewal: Family<CredentialLabels, Gauge>,
+    pub ready: Family<CredentialLabels, Gauge>,
+    pub rotations: Family<CredentialLabels, Counter>,
+    pub failures: Family<FailureLabels, Counter>,
+    pub mints: Family<SourceLabels, Counter>,
+    pub reconcile_duration: Histogram,
+    pub leader: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("regcred");
+        let m = Self {
+            expiry: Family::default(),
+            renewal: Family::default(),
+            ready: Family::default(),
+            rotations: Family::default(),
+            failures: Family::default(),
+            mints: Family::default(),
+            reconcile_duration: Histogram::new([0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            leader: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "credential_expiry_timestamp_seconds",
+            "When the credential in the Secret expires (Unix seconds)",
+            m.expiry.clone(),
+        );
+        registry.register(
+            "credential_renewal_timestamp_seconds",
+            "When regcred will mint the next credential (Unix seconds)",
+            m.renewal.clone(),
+        );
+        registry.register("credential_ready", "1 when the credential is Ready", m.ready.clone());
+        registry.register("rotations", "Secrets written with a new credential", m.rotations.clone());
+        registry.register("mint_failures", "Failed attempts to mint, by reason", m.failures.clone());
+        registry.register("mints", "Credentials minted, by source kind", m.mints.clone());
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time spent in one reconcile",
+            m.reconcile_duration.clone(),
+        );
+        registry.register("leader", "1 while this replica holds the leader lease", m.leader.clone());
+        Self { registry, ..m }
+    }
+}
+
+impl Metrics {
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
+        out
+    }
+
+    /// Drop the per-credential series of a deleted credential.
+    pub fn forget(&self, namespace: &str, name: &str) {
+        let l = CredentialLabels { namespace: namespace.into(), name: name.into() };
+        self.expiry.remove(&l);
+        self.renewal.remove(&l);
+        self.ready.remove(&l);
+        self.rotations.remove(&l);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposes_and_forgets() {
+        let m = Metrics::default();
+        let l = CredentialLabels { namespace: "ns".into(), name: "c".into() };
+        m.expiry.get_or_create(&l).set(1_800_000_000);
+        m.failures.get_or_create(&FailureLabels { namespace: "ns".into(), name: "c".into(), reason: "MintFailed".into() }).inc();
+        let text = m.encode();
+        assert!(text.contains(r#"regcred_credential_expiry_timestamp_seconds{namespace="ns",name="c"} 1800000000"#), "{text}");
+        assert!(text.contains(r#"regcred_mint_failures_total{namespace="ns",name="c",reason="MintFailed"} 1"#), "{text}");
+        m.forget("ns", "c");
+        assert!(!m.encode().contains("regcred_credential_expiry_timestamp_seconds{"));
+    }
+}

@@ -1,0 +1,257 @@
+//! The pull Secret: rendering `.dockerconfigjson` (pure), its metadata, "is
+//! this Secret ours?", and writing it without ever deleting or recreating it.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use chrono::{DateTime, SecondsFormat, Utc};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::ByteString;
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::Resource;
+use secrecy::ExposeSecret;
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::api::{self, RegistryCredential};
+use crate::source::Minted;
+
+pub const DOCKERCONFIGJSON_TYPE: &str = "kubernetes.io/dockerconfigjson";
+pub const DOCKERCONFIGJSON_KEY: &str = ".dockerconfigjson";
+/// The API server's limit on a Secret, less room for metadata.
+pub const MAX_DATA_BYTES: usize = 1024 * 1024 - 64 * 1024;
+
+/// Render `.dockerconfigjson`: one `auths` entry per registry with
+/// `username`, `password` and `auth` = base64(`username:password`), the
+/// fields the kubelet reads.
+pub fn render(minted: &Minted) -> Vec<u8> {
+    let mut auths = Map::new();
+    for e in &minted.entries {
+        let password = e.password.expose_secret();
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", e.username, password));
+        auths.insert(
+            e.registry.clone(),
+            json!({"username": e.username, "password": password, "auth": auth}),
+        );
+    }
+    serde_json::to_vec(&json!({ "auths": auths })).expect("JSON of strings always serialises")
+}
+
+/// A digest of the data regcred wrote, kept in an annotation so an edit by
+/// someone else is noticed. SHA-256 of high-entropy tokens reveals nothing.
+pub fn digest(data: &[u8]) -> String {
+    let d = Sha256::digest(data);
+    d.iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Is this `.dockerconfigjson` complete: at least one entry, each with a
+/// non-empty `auth` or `username` and `password`?
+pub fn is_complete(data: &[u8]) -> bool {
+    let Ok(v) = serde_json::from_slice::<Value>(data) else { return false };
+    let Some(auths) = v.get("auths").and_then(Value::as_object) else { return false };
+    let nonempty = |e: &Value, k: &str| e.get(k).and_then(Value::as_str).is_some_and(|s| !s.is_empty());
+    !auths.is_empty()
+        && auths
+            .values()
+            .all(|e| nonempty(e, "auth") || (nonempty(e, "username") && nonempty(e, "password")))
+}
+
+/// Is `secret` controlled by this credential (a controller owner reference
+/// with its UID)?
+pub fn is_ours(secret: &Secret, cr: &RegistryCredential) -> bool {
+    let Some(uid) = cr.meta().uid.as_deref() else { return false };
+    secret
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.controller == Some(true) && o.uid == uid && o.kind == "RegistryCredential")
+}
+
+/// The parts of our Secret's annotations that the schedule needs.
+pub struct Annotated {
+    pub intact: bool,
+    pub inputs: Option<String>,
+    pub not_after: Option<DateTime<Utc>>,
+    pub renewal_time: Option<DateTime<Utc>>,
+}
+
+/// Read back what regcred wrote: is the data still what we wrote, and the
+/// times and inputs recorded with it.
+pub fn read_annotations(secret: &Secret) -> Annotated {
+    let ann = secret.metadata.annotations.clone().unwrap_or_default();
+    let time = |k: &str| {
+        ann.get(k)
+            .and_then(|v| DateTime::parse_from_rfc3339(v).ok())
+            .map(|t| t.with_timezone(&Utc))
+    };
+    let data = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(DOCKERCONFIGJSON_KEY))
+        .map(|b| b.0.as_slice());
+    let intact = secret.type_.as_deref() == Some(DOCKERCONFIGJSON_TYPE)
+        && data.is_some_and(|d| is_complete(d) && ann.get(api::DATA_DIGEST_ANNOTATION) == Some(&digest(d)));
+    Annotated {
+        intact,
+        inputs: ann.get(api::INPUTS_ANNOTATION).cloned(),
+        not_after: time(api::NOT_AFTER_ANNOTATION),
+        renewal_time: time(api::RENEWAL_ANNOTATION),
+    }
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// The Secret as regcred wants it.
+pub fn desired(
+    cr: &RegistryCredential,
+    minted: &Minted,
+    inputs: &str,
+    renewal_time: DateTime<Utc>,
+) -> Result<Secret, WriteError> {
+    let data = render(minted);
+    if data.len() > MAX_DATA_BYTES {
+        return Err(WriteError::TooLarge { bytes: data.len() });
+    }
+    let template = cr.spec.secret_template.clone().unwrap_or_default();
+    let mut labels: BTreeMap<String, String> = template.labels;
+    labels.insert(api::MANAGED_BY_LABEL.into(), api::MANAGED_BY_VALUE.into());
+    labels.insert(api::CREDENTIAL_LABEL.into(), cr.meta().name.clone().unwrap_or_default());
+    let mut annotations: BTreeMap<String, String> = template.annotations;
+    annotations.insert(api::ISSUED_AT_ANNOTATION.into(), rfc3339(minted.issued_at));
+    if let Some(na) = minted.expires_at {
+        annotations.insert(api::NOT_AFTER_ANNOTATION.into(), rfc3339(na));
+    }
+    annotations.insert(api::RENEWAL_ANNOTATION.into(), rfc3339(renewal_time));
+    annotations.insert(api::INPUTS_ANNOTATION.into(), inputs.to_string());
+    annotations.insert(api::DATA_DIGEST_ANNOTATION.into(), digest(&data));
+    Ok(Secret {
+        metadata: ObjectMeta {
+            name: Some(cr.secret_name()),
+            namespace: cr.meta().namespace.clone(),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            owner_references: cr.controller_owner_ref(&()).map(|o| vec![o]),
+            ..Default::default()
+        },
+        type_: Some(DOCKERCONFIGJSON_TYPE.into()),
+        data: Some([(DOCKERCONFIGJSON_KEY.to_string(), ByteString(data))].into()),
+        ..Default::default()
+    })
+}
+
+/// Why writing the Secret failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("a Secret of that name appeared that regcred does not own")]
+    Conflict,
+    #[error("the Secret changed while regcred was writing it; retrying")]
+    Stale,
+    #[error("the rendered .dockerconfigjson is {bytes} bytes, over the Secret size limit")]
+    TooLarge { bytes: usize },
+    #[error("writing the Secret: API server answered {code} {reason}")]
+    Api { code: u16, reason: String },
+    #[error("writing the Secret: the API server could not be reached")]
+    Unreachable,
+}
+
+fn write_error(e: kube::Error) -> WriteError {
+    match e {
+        kube::Error::Api(s) if s.code == 409 && s.reason == "AlreadyExists" => WriteError::Conflict,
+        kube::Error::Api(s) if s.code == 409 => WriteError::Stale,
+        kube::Error::Api(s) => WriteError::Api { code: s.code, reason: s.reason },
+        _ => WriteError::Unreachable,
+    }
+}
+
+/// Write the Secret. A new one is created (so a Secret someone else creates
+/// at the same moment is never merged into); ours is updated in place with
+/// server-side apply, conditional on the resourceVersion we read, so its UID
+/// never changes and a concurrent edit is never overwritten blindly.
+pub async fn write(api: &Api<Secret>, existing: Option<&Secret>, mut desired: Secret) -> Result<Secret, WriteError> {
+    let name = desired.metadata.name.clone().unwrap_or_default();
+    match existing {
+        None => api
+            .create(&PostParams { dry_run: false, field_manager: Some(api::FIELD_MANAGER.into()) }, &desired)
+            .await
+            .map_err(write_error),
+        Some(current) => {
+            desired.metadata.resource_version = current.metadata.resource_version.clone();
+            let mut body = serde_json::to_value(&desired).expect("a Secret serialises");
+            body["apiVersion"] = "v1".into();
+            body["kind"] = "Secret".into();
+            api.patch(&name, &PatchParams::apply(api::FIELD_MANAGER).force(), &Patch::Apply(body))
+                .await
+                .map_err(write_error)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::RegistryAuth;
+    use secrecy::SecretString;
+
+    fn minted(entries: &[(&str, &str, &str)]) -> Minted {
+        Minted {
+            entries: entries
+                .iter()
+                .map(|(r, u, p)| RegistryAuth { registry: r.to_string(), username: u.to_string(), password: SecretString::from(p.to_string()) })
+                .collect(),
+            issued_at: DateTime::from_timestamp(1_800_000_000, 0).unwrap(),
+            expires_at: None,
+        }
+    }
+
+    #[test]
+    fn renders_what_the_kubelet_reads() {
+        // (entries, expected JSON)
+        let cases: Vec<(Vec<(&str, &str, &str)>, Value)> = vec![
+            (
+                vec![("registry.example.com", "robot", "s3cret")],
+                json!({"auths": {"registry.example.com": {"username": "robot", "password": "s3cret", "auth": "cm9ib3Q6czNjcmV0"}}}),
+            ),
+            (
+                vec![("a.example:5000", "AWS", "pw"), ("https://index.docker.io/v1/", "u", "p:with:colons")],
+                json!({"auths": {
+                    "a.example:5000": {"username": "AWS", "password": "pw", "auth": "QVdTOnB3"},
+                    "https://index.docker.io/v1/": {"username": "u", "password": "p:with:colons", "auth": "dTpwOndpdGg6Y29sb25z"}
+                }}),
+            ),
+        ];
+        for (entries, want) in cases {
+            let data = render(&minted(&entries));
+            let got: Value = serde_json::from_slice(&data).unwrap();
+            assert_eq!(got, want);
+            assert!(is_complete(&data));
+        }
+    }
+
+    #[test]
+    fn ecr_tokens_round_trip_into_auth() {
+        // ECR's token is base64("AWS:<password>"): the rendered auth equals it.
+        let token = base64::engine::general_purpose::STANDARD.encode("AWS:eyJwYXlsb2Fk");
+        let a = crate::source::decode_ecr_token("1.dkr.ecr.eu-west-1.amazonaws.com", Some(&token)).unwrap();
+        let m = Minted { entries: vec![a], issued_at: Utc::now(), expires_at: None };
+        let v: Value = serde_json::from_slice(&render(&m)).unwrap();
+        assert_eq!(v["auths"]["1.dkr.ecr.eu-west-1.amazonaws.com"]["auth"], json!(token));
+    }
+
+    #[test]
+    fn incomplete_configs() {
+        for bad in [
+            &b""[..],
+            b"{}",
+            br#"{"auths":{}}"#,
+            br#"{"auths":{"r":{"username":"u"}}}"#,
+            br#"{"auths":{"r":{"username":"u","password":""}}}"#,
+            br#"{"auths":{"r":{"auth":""}}}"#,
+        ] {
+            assert!(!is_complete(bad), "{}", String::from_utf8_lossy(bad));
+        }
+        assert!(is_complete(br#"{"auths":{"r":{"auth":"dTpw"}}}"#));
+    }
+}

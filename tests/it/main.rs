@@ -1,0 +1,6 @@
+//! Integration tests against a real kube-apiserver, etcd and
+//! kube-controller-manager (see tests/controlplane), each test in its own
+//! namespace. One binary, so one control plane serves the whole run.
+
+mod api;
+mod support;

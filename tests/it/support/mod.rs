@@ -1,0 +1,6 @@
+//! Test support: the real control plane, namespaces, waiting.
+#![allow(dead_code)]
+
+pub mod cluster;
+
+pub use cluster::*;

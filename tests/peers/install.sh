@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Installs the real peers the integration tests start on 127.0.0.1, into a
+# cache outside the repository (keyed by the pinned versions), and prints
+# their locations as NAME=path lines:
+#   Debian: docker-registry (distribution), skopeo, htpasswd, openssl
+#   Go module proxy: distribution's contrib/token-server (tokenserver/go.mod)
+#   npm: oidc-provider (oauth2/package-lock.json)
+#   PyPI: moto[server] (requirements.txt)
+# Idempotent: a warm run only checks and prints.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+cache=${REGCRED_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/regcred}/peers
+mkdir -p "$cache"
+log() { echo "peers: $*" >&2; }
+hash_of() { cat "$@" | sha256sum | cut -c1-16; }
+
+# --- Debian packages
+missing=()
+for p in docker-registry skopeo apache2-utils openssl ca-certificates; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing Debian packages: ${missing[*]}"
+  sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -qq >&2
+  # The package's own service is not wanted: the tests start registries themselves.
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+fi
+
+# --- Docker token server (Go)
+ts="$cache/token-server-$(hash_of "$here/tokenserver/go.mod" "$here/tokenserver/go.sum")"
+if [ ! -x "$ts" ]; then
+  log "building the Docker token server"
+  (cd "$here/tokenserver" && CGO_ENABLED=0 GOFLAGS="-mod=mod -trimpath -buildvcs=false" \
+    go build -o "$ts.tmp" github.com/docker/distribution/contrib/token-server) >&2
+  mv "$ts.tmp" "$ts"
+fi
+
+# --- OAuth2 server (npm)
+oa="$cache/oauth2-$(hash_of "$here/oauth2/package-lock.json")"
+if [ ! -d "$oa/node_modules/oidc-provider" ]; then
+  log "installing oidc-provider"
+  mkdir -p "$oa"
+  cp "$here/oauth2/package.json" "$here/oauth2/package-lock.json" "$oa/"
+  (cd "$oa" && npm ci --no-audit --no-fund --loglevel=error) >&2
+fi
+cp "$here/oauth2/server.mjs" "$oa/server.mjs"
+
+# --- moto (PyPI)
+venv="$cache/venv-$(hash_of "$here/requirements.txt")"
+if [ ! -x "$venv/bin/moto_server" ]; then
+  log "installing moto"
+  python3 -m venv "$venv" >&2
+  "$venv/bin/pip" install -q --disable-pip-version-check -r "$here/requirements.txt" >&2
+fi
+
+echo "REGISTRY=$(command -v docker-registry || echo /usr/bin/docker-registry)"
+echo "SKOPEO=$(command -v skopeo)"
+echo "HTPASSWD=$(command -v htpasswd)"
+echo "TOKEN_SERVER=$ts"
+echo "OAUTH2_SERVER=$oa/server.mjs"
+echo "MOTO_SERVER=$venv/bin/moto_server"

@@ -1,0 +1,67 @@
+// A real OAuth2 authorization server for regcred's tests: oidc-provider with
+// the client-credentials grant, strict client authentication (one client per
+// method), token introspection, and a configurable token lifetime.
+//
+//   PORT=0 TOKEN_TTL=30 CLIENT_SECRET=... node server.mjs
+//
+// Prints `LISTENING <port>` once it accepts connections. GET /_stats answers
+// {"token_requests": n, "tokens_issued": n} so tests can count mints.
+import Provider from 'oidc-provider';
+
+const port = Number(process.env.PORT || 0);
+const ttl = Number(process.env.TOKEN_TTL || 30);
+const secret = process.env.CLIENT_SECRET;
+if (!secret) {
+  console.error('CLIENT_SECRET is required');
+  process.exit(2);
+}
+
+const stats = { token_requests: 0, tokens_issued: 0 };
+
+const client = (id, method) => ({
+  client_id: id,
+  client_secret: secret,
+  grant_types: ['client_credentials'],
+  redirect_uris: [],
+  response_types: [],
+  token_endpoint_auth_method: method,
+  scope: 'registry:pull',
+});
+
+function start(issuerPort) {
+  const provider = new Provider(`http://127.0.0.1:${issuerPort}`, {
+    clients: [client('regcred-basic', 'client_secret_basic'), client('regcred-post', 'client_secret_post')],
+    features: {
+      clientCredentials: { enabled: true },
+      introspection: { enabled: true },
+      devInteractions: { enabled: false },
+    },
+    scopes: ['registry:pull'],
+    ttl: { ClientCredentials: ttl },
+  });
+  provider.use(async (ctx, next) => {
+    if (ctx.path === '/_stats') {
+      ctx.body = stats;
+      return;
+    }
+    await next();
+    if (ctx.path === '/token') {
+      stats.token_requests += 1;
+      if (ctx.status === 200) stats.tokens_issued += 1;
+    }
+  });
+  return provider;
+}
+
+// The issuer URL must carry the real port, so bind first, then mount.
+import http from 'node:http';
+const server = http.createServer();
+server.listen(port, '127.0.0.1', () => {
+  const actual = server.address().port;
+  const provider = start(actual);
+  server.on('request', provider.callback());
+  console.log(`LISTENING ${actual}`);
+});
+const stop = () => server.close(() => process.exit(0));
+process.on('SIGTERM', stop);
+process.on('SIGINT', stop);
