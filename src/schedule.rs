@@ -26,8 +26,11 @@ const MAX_SAFETY_MARGIN: Duration = Duration::minutes(5);
 const MAX_JITTER: Duration = Duration::minutes(5);
 /// First retry delay after a failure.
 pub const BACKOFF_BASE: Duration = Duration::seconds(5);
-/// Longest retry delay after failures.
+/// Longest retry delay after failures while a valid credential is in place.
 pub const BACKOFF_MAX: Duration = Duration::minutes(5);
+/// Longest retry delay when no valid credential is in place (pulls may be
+/// failing right now).
+pub const BACKOFF_MAX_URGENT: Duration = Duration::minutes(1);
 /// Requeue bounds: never spin faster than this ...
 const MIN_REQUEUE: Duration = Duration::seconds(1);
 /// ... and look again at least this often even when nothing is due.
@@ -93,7 +96,8 @@ pub fn renewal_time(
 /// Delay before retry number `failures` (1 = after the first failure):
 /// `5s * 2^(failures-1)`, up to +25% deterministic jitter, capped at five
 /// minutes, and capped again so a retry happens well before a credential
-/// that is still valid expires (a quarter of its remaining life).
+/// that is still valid expires (a quarter of its remaining life). Without a
+/// valid credential the cap is one minute.
 pub fn backoff(
     failures: u32,
     seed: u64,
@@ -108,14 +112,13 @@ pub fn backoff(
     } else {
         0
     };
-    let mut delay = (base + Duration::milliseconds(jitter)).min(BACKOFF_MAX);
-    if let Some(not_after) = current_not_after {
-        let left = not_after - now;
-        if left > Duration::zero() {
-            delay = delay.min(left / 4);
-        }
-    }
-    delay.max(MIN_REQUEUE)
+    let delay = base + Duration::milliseconds(jitter);
+    let left = current_not_after.map(|t| t - now).filter(|l| *l > Duration::zero());
+    let cap = match left {
+        Some(left) => BACKOFF_MAX.min(left / 4),
+        None => BACKOFF_MAX_URGENT,
+    };
+    delay.min(cap).max(MIN_REQUEUE)
 }
 
 /// Clamp a wait so the controller neither spins nor sleeps for hours without a look.
@@ -307,19 +310,22 @@ mod tests {
     fn backoff_table() {
         let now = t(0);
         // (failures, seed, current not_after, min, max)
+        let h = 3600;
         let cases: &[(u32, u64, Option<i64>, i64, i64)] = &[
-            (1, 0, None, 5_000, 5_000),
-            (1, 12345, None, 5_000, 6_250),
-            (2, 0, None, 10_000, 10_000),
-            (3, 99, None, 20_000, 25_000),
-            (7, 0, None, 300_000, 300_000),
-            (40, u64::MAX, None, 300_000, 300_000),
+            (1, 0, Some(h), 5_000, 5_000),
+            (1, 12345, Some(h), 5_000, 6_250),
+            (2, 0, Some(h), 10_000, 10_000),
+            (3, 99, Some(h), 20_000, 25_000),
+            (7, 0, Some(h), 300_000, 300_000),
+            (40, u64::MAX, Some(h), 300_000, 300_000),
             // a credential with 40 s left caps the delay at 10 s
             (7, 0, Some(40), 10_000, 10_000),
             // with 2 s left: never below one second
             (7, 0, Some(2), 1_000, 1_000),
-            // an already expired credential does not shorten the delay
-            (2, 0, Some(-5), 10_000, 10_000),
+            // no valid credential: capped at one minute
+            (2, 0, None, 10_000, 10_000),
+            (9, 0, None, 60_000, 60_000),
+            (9, 0, Some(-5), 60_000, 60_000),
         ];
         for (i, &(n, seed, na, lo, hi)) in cases.iter().enumerate() {
             let d = backoff(n, seed, now, na.map(t)).num_milliseconds();

@@ -3,4 +3,5 @@
 //! namespace. One binary, so one control plane serves the whole run.
 
 mod api;
+mod rotation;
 mod support;

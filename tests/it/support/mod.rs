@@ -1,6 +1,10 @@
-//! Test support: the real control plane, namespaces, waiting.
+//! Test support: the real control plane, peers, the operator process, waiting.
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod operator;
+pub mod peers;
 
 pub use cluster::*;
+pub use operator::Operator;
+pub use peers::*;

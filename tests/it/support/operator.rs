@@ -1,0 +1,66 @@
+//! The operator as users run it: the `regcred` binary, as a process, against
+//! the test control plane, watching one test namespace. Its logs are kept so
+//! tests can check that no secret reaches them.
+
+use std::process::Command;
+
+use super::peers::{Proc, TempDir};
+use super::control_plane;
+
+pub struct Operator {
+    proc: Proc,
+    _dir: TempDir,
+    /// Logs of earlier runs of this operator (restarts).
+    earlier: String,
+    namespace: String,
+    extra: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+impl Operator {
+    /// Start `regcred run --watch-namespace <ns>` with debug logging.
+    pub fn start(namespace: &str) -> Self {
+        Self::start_with(namespace, &[], &[])
+    }
+
+    pub fn start_with(namespace: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let dir = TempDir::new("operator");
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let proc = spawn(namespace, &extra, &env, &dir, 0);
+        Self { proc, _dir: dir, earlier: String::new(), namespace: namespace.into(), extra, env }
+    }
+
+    /// Stop with SIGTERM (as Kubernetes does) and start a new process.
+    pub fn restart(&mut self) {
+        self.proc.stop();
+        self.earlier.push_str(&self.proc.output());
+        self.proc = spawn(&self.namespace, &self.extra, &self.env, &self._dir, self.earlier.len());
+    }
+
+    pub fn stop(&mut self) {
+        self.proc.stop();
+    }
+
+    /// Everything every run of this operator logged.
+    pub fn logs(&self) -> String {
+        format!("{}{}", self.earlier, self.proc.output())
+    }
+
+    /// Logs of the current run only.
+    pub fn current_logs(&self) -> String {
+        self.proc.output()
+    }
+}
+
+fn spawn(namespace: &str, extra: &[String], env: &[(String, String)], dir: &TempDir, n: usize) -> Proc {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_regcred"));
+    cmd.args(["run", "--watch-namespace", namespace, "--log-level", "regcred=debug,info", "--instance", "test-operator"])
+        .args(extra)
+        .env("KUBECONFIG", &control_plane().kubeconfig)
+        .env_remove("RUST_LOG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Proc::spawn(cmd, dir.join(&format!("operator-{n}.log")))
+}

@@ -1,0 +1,352 @@
+//! Real third-party peers on 127.0.0.1: Debian's docker-registry with
+//! htpasswd or token authentication, distribution's Docker token server,
+//! an OAuth2 server (oidc-provider), and skopeo as the registry client.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use super::repo_root;
+
+/// Paths printed by tests/peers/install.sh.
+pub struct Peers(HashMap<String, PathBuf>);
+
+static PEERS: OnceLock<Peers> = OnceLock::new();
+
+pub fn peers() -> &'static Peers {
+    PEERS.get_or_init(|| {
+        let out = Command::new(repo_root().join("tests/peers/install.sh"))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("running tests/peers/install.sh");
+        assert!(out.status.success(), "tests/peers/install.sh failed");
+        let map = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), PathBuf::from(v)))
+            .collect();
+        Peers(map)
+    })
+}
+
+impl Peers {
+    pub fn path(&self, name: &str) -> &Path {
+        self.0.get(name).unwrap_or_else(|| panic!("peer {name} not installed"))
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A scratch directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("regcred-{prefix}-{}-{}", std::process::id(), free_port()));
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+    pub fn join(&self, p: &str) -> PathBuf {
+        self.0.join(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process killed on drop, its output in a log file.
+pub struct Proc {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(mut cmd: Command, log: PathBuf) -> Self {
+        let f = std::fs::File::create(&log).unwrap();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+        Self { child, log }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then wait.
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub async fn wait_port(port: u16) {
+    for _ in 0..150 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("nothing listens on 127.0.0.1:{port}");
+}
+
+fn htpasswd_file(path: &Path, users: &[(&str, &str)]) {
+    let mut out = String::new();
+    for (u, p) in users {
+        let o = Command::new(peers().path("HTPASSWD")).args(["-Bbn", u, p]).output().unwrap();
+        assert!(o.status.success());
+        out.push_str(String::from_utf8_lossy(&o.stdout).trim());
+        out.push('\n');
+    }
+    std::fs::write(path, out).unwrap();
+}
+
+/// A running docker-registry.
+pub struct Registry {
+    pub host: String,
+    pub token_server: Option<String>,
+    dir: TempDir,
+    _procs: Vec<Proc>,
+}
+
+impl Registry {
+    /// A registry with htpasswd (Basic) authentication.
+    pub async fn htpasswd(users: &[(&str, &str)]) -> Self {
+        let dir = TempDir::new("registry");
+        htpasswd_file(&dir.join("htpasswd"), users);
+        let auth = format!("htpasswd: {{realm: regcred-test, path: {}}}", dir.join("htpasswd").display());
+        Self::start(dir, auth, Vec::new(), None).await
+    }
+
+    /// A registry with token authentication, backed by distribution's Docker
+    /// token server that authenticates users from an htpasswd file.
+    pub async fn token_auth(users: &[(&str, &str)]) -> Self {
+        let dir = TempDir::new("registry");
+        htpasswd_file(&dir.join("htpasswd"), users);
+        let key = dir.join("ts.key");
+        let crt = dir.join("ts.crt");
+        let ok = Command::new("openssl")
+            .args(["ecparam", "-genkey", "-name", "prime256v1", "-noout", "-out"])
+            .arg(&key)
+            .status()
+            .unwrap()
+            .success()
+            && Command::new("openssl")
+                .args(["req", "-x509", "-new", "-days", "2", "-subj", "/CN=regcred-test-token", "-key"])
+                .arg(&key)
+                .arg("-out")
+                .arg(&crt)
+                .status()
+                .unwrap()
+                .success();
+        assert!(ok, "openssl failed");
+        let ts_port = free_port();
+        let realm = format!("http://127.0.0.1:{ts_port}/token/");
+        let mut ts = Command::new(peers().path("TOKEN_SERVER"));
+        ts.args(["-addr", &format!("127.0.0.1:{ts_port}"), "-issuer", "regcred-test-issuer", "-realm", &realm])
+            .arg("-key")
+            .arg(&key)
+            .arg("-passwd")
+            .arg(dir.join("htpasswd"));
+        let ts = Proc::spawn(ts, dir.join("token-server.log"));
+        wait_port(ts_port).await;
+        let auth = format!(
+            "token: {{realm: \"{realm}\", service: regcred-test-registry, issuer: regcred-test-issuer, rootcertbundle: {}}}",
+            crt.display()
+        );
+        Self::start(dir, auth, vec![ts], Some(realm)).await
+    }
+
+    async fn start(dir: TempDir, auth: String, mut procs: Vec<Proc>, token_server: Option<String>) -> Self {
+        let port = free_port();
+        let config = format!(
+            "version: 0.1\nlog: {{level: warn}}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\nhttp: {{addr: \"127.0.0.1:{port}\", secret: regcred-test}}\nauth:\n  {auth}\n",
+            dir.join("data").display()
+        );
+        std::fs::write(dir.join("config.yml"), config).unwrap();
+        let mut cmd = Command::new(peers().path("REGISTRY"));
+        cmd.arg("serve").arg(dir.join("config.yml"));
+        procs.push(Proc::spawn(cmd, dir.join("registry.log")));
+        wait_port(port).await;
+        Self { host: format!("127.0.0.1:{port}"), token_server, dir, _procs: procs }
+    }
+
+    /// Push a tiny OCI image (one empty layer) as `repo:tag` with skopeo.
+    pub fn push_test_image(&self, repo: &str, user: &str, password: &str) -> String {
+        let layout = self.dir.join(&format!("oci-{}", repo.replace('/', "-")));
+        write_oci_layout(&layout);
+        let dest = format!("docker://{}/{repo}:1", self.host);
+        let out = Command::new(peers().path("SKOPEO"))
+            .args(["copy", "--dest-tls-verify=false", "--dest-creds", &format!("{user}:{password}")])
+            .arg(format!("oci:{}:1", layout.display()))
+            .arg(&dest)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "push failed: {}", String::from_utf8_lossy(&out.stderr));
+        format!("{}/{repo}:1", self.host)
+    }
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// An OCI image layout with one empty tar layer.
+fn write_oci_layout(dir: &Path) {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let put = |b: &[u8]| {
+        let d = sha256_hex(b);
+        std::fs::write(blobs.join(&d), b).unwrap();
+        (format!("sha256:{d}"), b.len())
+    };
+    let layer = vec![0u8; 1024]; // an empty tar archive
+    let (layer_digest, layer_size) = put(&layer);
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
+        "config": {}
+    }))
+    .unwrap();
+    let (config_digest, config_size) = put(&config);
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_size},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest, "size": layer_size}]
+    }))
+    .unwrap();
+    let (manifest_digest, manifest_size) = put(&manifest);
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": manifest_digest, "size": manifest_size,
+            "annotations": {"org.opencontainers.image.ref.name": "1"}
+        }]
+    });
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+}
+
+/// Pull `image` (host/repo:tag) with skopeo, authenticating with a
+/// `.dockerconfigjson` exactly as written in the Secret. Err carries skopeo's stderr.
+pub fn skopeo_pull(dockerconfigjson: &[u8], image: &str) -> Result<(), String> {
+    let dir = TempDir::new("pull");
+    let authfile = dir.join("auth.json");
+    std::fs::File::create(&authfile).unwrap().write_all(dockerconfigjson).unwrap();
+    let out = Command::new(peers().path("SKOPEO"))
+        .args(["copy", "--src-tls-verify=false", "--authfile"])
+        .arg(&authfile)
+        .arg(format!("docker://{image}"))
+        .arg(format!("dir:{}", dir.join("image").display()))
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// The OAuth2 server (oidc-provider) with a fixed port, so it can be stopped
+/// and started again at the same address.
+pub struct OAuth2Server {
+    pub port: u16,
+    pub secret: String,
+    ttl: u64,
+    dir: TempDir,
+    proc: Option<Proc>,
+}
+
+impl OAuth2Server {
+    pub async fn start(ttl_seconds: u64) -> Self {
+        let secret = format!("client-secret-{}", sha256_hex(format!("{}{}", std::process::id(), free_port()).as_bytes()));
+        let mut s = Self { port: free_port(), secret, ttl: ttl_seconds, dir: TempDir::new("oauth2"), proc: None };
+        s.resume().await;
+        s
+    }
+
+    pub fn token_url(&self) -> String {
+        format!("http://127.0.0.1:{}/token", self.port)
+    }
+
+    /// Start (again) on the same port.
+    pub async fn resume(&mut self) {
+        let script = peers().path("OAUTH2_SERVER");
+        let mut cmd = Command::new("node");
+        cmd.arg(script)
+            .current_dir(script.parent().unwrap())
+            .env("PORT", self.port.to_string())
+            .env("TOKEN_TTL", self.ttl.to_string())
+            .env("CLIENT_SECRET", &self.secret);
+        let log = self.dir.join(&format!("oauth2-{}.log", free_port()));
+        self.proc = Some(Proc::spawn(cmd, log));
+        wait_port(self.port).await;
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.stop();
+        }
+    }
+
+    /// (token requests, tokens issued) since this process started.
+    pub async fn stats(&self) -> (u64, u64) {
+        regcred::install_crypto_provider();
+        let body = reqwest::get(format!("http://127.0.0.1:{}/_stats", self.port)).await.unwrap().bytes().await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        (v["token_requests"].as_u64().unwrap(), v["tokens_issued"].as_u64().unwrap())
+    }
+
+    /// Is this access token active, according to the server (RFC 7662)?
+    pub async fn active(&self, token: &str) -> bool {
+        regcred::install_crypto_provider();
+        let form: String = url::form_urlencoded::Serializer::new(String::new()).append_pair("token", token).finish();
+        let body = reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{}/token/introspection", self.port))
+            .basic_auth("regcred-basic", Some(&self.secret))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        v["active"].as_bool().unwrap_or(false)
+    }
+}
