@@ -51,9 +51,17 @@ impl Context {
             ecr: EcrMinter::new(client.clone(), settings.ecr.clone()),
             client,
             metrics,
-            now: Utc::now,
+            now: clock,
         }
     }
+}
+
+/// The wall clock in whole seconds: credentials are treated as issued at the
+/// start of the second they were requested in, so their expiry is never
+/// computed later than it really is, and timestamps stay readable.
+pub fn clock() -> DateTime<Utc> {
+    let t = Utc::now();
+    DateTime::from_timestamp(t.timestamp(), 0).unwrap_or(t)
 }
 
 /// Failures that are not the source's fault: the API server. They are

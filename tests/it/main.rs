@@ -3,5 +3,6 @@
 //! namespace. One binary, so one control plane serves the whole run.
 
 mod api;
+mod local;
 mod rotation;
 mod support;
