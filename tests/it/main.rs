@@ -3,6 +3,7 @@
 //! namespace. One binary, so one control plane serves the whole run.
 
 mod api;
+mod ecr;
 mod local;
 mod rotation;
 mod support;

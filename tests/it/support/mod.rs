@@ -2,9 +2,11 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod objects;
 pub mod operator;
 pub mod peers;
 
 pub use cluster::*;
+pub use objects::*;
 pub use operator::Operator;
 pub use peers::*;

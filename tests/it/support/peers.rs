@@ -350,3 +350,61 @@ impl OAuth2Server {
         v["active"].as_bool().unwrap_or(false)
     }
 }
+
+/// moto's server for ECR and STS behind tests/peers/moto_ecr.py (current
+/// short expiries, proxyEndpoints pointed at local registries, call counts,
+/// fault injection).
+pub struct MotoEcr {
+    pub port: u16,
+    _dir: TempDir,
+    _proc: Proc,
+}
+
+impl MotoEcr {
+    pub async fn start(ttl_seconds: u64, proxy_endpoints: &[(&str, String)]) -> Self {
+        let dir = TempDir::new("moto");
+        let port = free_port();
+        let proxy: serde_json::Map<String, serde_json::Value> =
+            proxy_endpoints.iter().map(|(id, url)| (id.to_string(), url.clone().into())).collect();
+        let mut cmd = Command::new(peers().path("MOTO_PYTHON"));
+        cmd.arg(peers().path("MOTO_ECR"))
+            .arg(port.to_string())
+            .env("TOKEN_TTL", ttl_seconds.to_string())
+            .env("PROXY_ENDPOINTS", serde_json::Value::Object(proxy).to_string());
+        let proc = Proc::spawn(cmd, dir.join("moto.log"));
+        wait_port(port).await;
+        Self { port, _dir: dir, _proc: proc }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Calls per operation so far.
+    pub async fn calls(&self, operation: &str) -> u64 {
+        regcred::install_crypto_provider();
+        let body = reqwest::get(format!("{}/_stats", self.endpoint())).await.unwrap().bytes().await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        v[operation].as_u64().unwrap_or(0)
+    }
+
+    /// Make every call of `operation` fail with this AWS error code (None clears).
+    pub async fn fault(&self, operation: &str, code: Option<&str>) {
+        regcred::install_crypto_provider();
+        let body = match code {
+            Some(c) => serde_json::json!({"operation": operation, "code": c, "status": 400}).to_string(),
+            None => String::new(),
+        };
+        let r = reqwest::Client::new().post(format!("{}/_fault", self.endpoint())).body(body).send().await.unwrap();
+        assert!(r.status().is_success());
+    }
+}
+
+/// A registry that accepts what moto's ECR mints for `account`: user `AWS`,
+/// password `<account>-auth-token`. Holds one test image, `app:1`.
+pub async fn ecr_registry(account: &str) -> (Registry, String) {
+    let password = format!("{account}-auth-token");
+    let reg = Registry::htpasswd(&[("AWS", &password)]).await;
+    let image = reg.push_test_image("app", "AWS", &password);
+    (reg, image)
+}
