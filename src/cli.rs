@@ -59,4 +59,27 @@ pub struct RunArgs {
     /// Attempts per AWS call, the first included (SDK standard retries).
     #[arg(long, env = "REGCRED_AWS_MAX_ATTEMPTS", default_value_t = 3)]
     pub aws_max_attempts: u32,
+
+    /// Address of the `/metrics`, `/healthz` and `/readyz` endpoints (port 0
+    /// picks a free port, logged at start).
+    #[arg(long, env = "REGCRED_METRICS_BIND_ADDRESS", default_value = "0.0.0.0:8080")]
+    pub metrics_bind_address: std::net::SocketAddr,
+
+    /// Run only while holding a coordination.k8s.io Lease, so that of several
+    /// replicas exactly one reconciles and the others stand by.
+    #[arg(long, env = "REGCRED_LEADER_ELECT", default_value_t = false)]
+    pub leader_elect: bool,
+
+    /// Namespace of the leader Lease (in a Pod: its own namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub leader_election_namespace: String,
+
+    /// Name of the leader Lease.
+    #[arg(long, env = "REGCRED_LEADER_ELECTION_LEASE_NAME", default_value = "regcred-leader")]
+    pub leader_election_lease_name: String,
+
+    /// How long a Lease stays held without renewal, in seconds; a standby
+    /// takes over at most this long after a leader dies without releasing it.
+    #[arg(long, env = "REGCRED_LEADER_ELECTION_LEASE_SECONDS", default_value_t = 15)]
+    pub leader_election_lease_seconds: u64,
 }

@@ -45,6 +45,14 @@ mod tests {
     }
 
     #[test]
+    fn chart_crd_is_the_same_file() {
+        assert!(
+            include_str!("../charts/regcred/files/crds/registrycredential.yaml") == include_str!("../crds/registrycredential.yaml"),
+            "charts/regcred/files/crds/registrycredential.yaml differs from crds/: copy it over"
+        );
+    }
+
+    #[test]
     fn no_nullable_left() {
         assert!(!super::crd_yaml().contains("nullable"));
     }

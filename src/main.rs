@@ -1,10 +1,15 @@
 use std::sync::Arc;
 
+use anyhow::Context as _;
 use clap::Parser;
+use kube_lease_manager::LeaseManagerBuilder;
 use regcred::cli::{Cli, Command, RunArgs};
 use regcred::controller::{self, Settings};
+use regcred::http::Health;
 use regcred::metrics::Metrics;
 use regcred::source::EcrSettings;
+use tokio::sync::watch;
+use tracing::{error, info};
 
 fn main() -> anyhow::Result<()> {
     regcred::install_crypto_provider();
@@ -17,9 +22,65 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Resolves once SIGTERM (Kubernetes) or Ctrl-C arrives; registered at once so
+/// a signal during start-up or standby is not lost.
+fn shutdown_signal() -> anyhow::Result<watch::Receiver<bool>> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        info!("shutdown requested");
+        let _ = tx.send(true);
+    });
+    Ok(rx)
+}
+
+async fn wait_true(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}
+
+/// How long in-flight reconciles get after a shutdown request. The
+/// controller also waits for its first list of credentials, which never
+/// completes while, say, the CRD is missing; this bounds that wait.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Run the controller until `stop` resolves, and at most `SHUTDOWN_GRACE`
+/// after a shutdown request.
+async fn run_controller(
+    client: kube::Client,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    shutdown: watch::Receiver<bool>,
+) {
+    let deadline = async move {
+        wait_true(shutdown).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        _ = controller::run(client, settings, metrics, stop) => {}
+        _ = deadline => error!("in-flight work did not finish within {SHUTDOWN_GRACE:?}; stopping anyway"),
+    }
+}
+
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     regcred::telemetry::init(args.log_format, &args.log_level);
-    let client = kube::Client::try_default().await?;
+    let shutdown = shutdown_signal()?;
+    let metrics = Arc::new(Metrics::default());
+    let health = Arc::new(Health::default());
+    let bound = regcred::http::serve(args.metrics_bind_address, metrics.clone(), health.clone())
+        .await
+        .with_context(|| format!("binding {}", args.metrics_bind_address))?;
+    info!(version = env!("CARGO_PKG_VERSION"), address = %bound, "regcred starting; serving /metrics, /healthz, /readyz");
+
+    let client = kube::Client::try_default().await.context("loading the Kubernetes client configuration")?;
+    let version = client.apiserver_version().await.context("reaching the API server")?;
+    info!(server = %version.git_version, "connected to the API server");
+    health.set_ready(true);
+
     let settings = Settings {
         namespace: args.watch_namespace.clone(),
         concurrency: args.concurrency,
@@ -31,18 +92,70 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
     };
-    let metrics = Arc::new(Metrics::default());
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), namespace = ?settings.namespace, "regcred starting");
-    controller::run(client, settings, metrics, shutdown_signal()).await;
-    tracing::info!("regcred stopped");
-    Ok(())
-}
 
-/// SIGTERM (Kubernetes) or Ctrl-C.
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    if !args.leader_elect {
+        run_controller(client, settings, metrics, wait_true(shutdown.clone()), shutdown).await;
+        info!("regcred stopped");
+        return Ok(());
     }
+
+    let lease = LeaseManagerBuilder::new(client.clone(), &args.leader_election_lease_name)
+        .with_namespace(&args.leader_election_namespace)
+        .with_identity(&args.instance)
+        .with_duration(args.leader_election_lease_seconds)
+        .with_grace((args.leader_election_lease_seconds / 3).max(1))
+        .with_field_manager(regcred::api::FIELD_MANAGER)
+        .build()
+        .await
+        .context("setting up leader election")?;
+    let (mut leading, lease_task) = lease.watch().await;
+    info!(lease = %args.leader_election_lease_name, namespace = %args.leader_election_namespace, identity = %args.instance, "waiting to become the leader");
+    let mut stop = shutdown.clone();
+    let became_leader = tokio::select! {
+        r = leading.wait_for(|v| *v) => { r.context("leader election stopped")?; true }
+        _ = stop.wait_for(|v| *v) => false,
+    };
+    if !became_leader {
+        drop(leading);
+        let _ = lease_task.await;
+        info!("regcred stopped while standing by");
+        return Ok(());
+    }
+    info!("became the leader; reconciling");
+    metrics.leader.set(1);
+
+    // Stop on SIGTERM, or when the lease is lost (another replica takes over).
+    let (lost_tx, lost_rx) = watch::channel(false);
+    let mut watch_leading = leading.clone();
+    let lost_watch = tokio::spawn(async move {
+        if watch_leading.wait_for(|v| !*v).await.is_ok() {
+            let _ = lost_tx.send(true);
+        }
+    });
+    let lost = lost_rx.clone();
+    let term = shutdown.clone();
+    let stop = async move {
+        tokio::select! {
+            _ = wait_true(term) => {}
+            _ = wait_true(lost) => {}
+        }
+    };
+    run_controller(client, settings, metrics.clone(), stop, shutdown).await;
+    // Every receiver must be gone for the lease manager to release the lease.
+    lost_watch.abort();
+    let _ = lost_watch.await;
+    metrics.leader.set(0);
+    if *lost_rx.borrow() {
+        error!("lost the leader lease; exiting so a fresh process can stand by");
+        anyhow::bail!("lost the leader lease");
+    }
+    // Releasing the lease lets a standby take over at once.
+    drop(leading);
+    match lease_task.await {
+        Ok(Ok(_)) => info!("released the leader lease"),
+        Ok(Err(e)) => error!(error = %e, "releasing the leader lease failed"),
+        Err(e) => error!(error = %e, "the leader election task failed"),
+    }
+    info!("regcred stopped");
+    Ok(())
 }

@@ -64,7 +64,7 @@ for _ in $(seq 1 50); do grep -q LISTENING "$dir/oauth2.log" && break; sleep 0.2
 log "OAuth2 token endpoint on http://127.0.0.1:$port/token (30 s tokens)"
 
 # --- the operator
-"$bin" run --log-level info >"$dir/operator.log" 2>&1 &
+"$bin" run --log-level info --metrics-bind-address 127.0.0.1:0 >"$dir/operator.log" 2>&1 &
 pids+=($!)
 log "operator running; logs in $dir/operator.log"
 

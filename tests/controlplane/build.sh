@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds etcd, kube-apiserver, kube-controller-manager and kubectl at the
-# versions pinned in go.mod into a cache outside the repository, keyed by the
-# hash of go.mod/go.sum, so only the first run is slow. Prints the bin directory.
+# versions pinned in go.mod, and Helm as pinned in helm/go.mod, into a cache
+# outside the repository keyed by the hash of each go.mod/go.sum, so only the
+# first run is slow. Prints the bin directory (helm is linked into it).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 key=$(cat "$here/go.mod" "$here/go.sum" | sha256sum | cut -c1-16)
@@ -27,4 +28,14 @@ if [ "$have" = 0 ]; then
   done
   rm -rf "$bin" && mv "$bin.tmp" "$bin"
 fi
+helm_key=$(cat "$here/helm/go.mod" "$here/helm/go.sum" | sha256sum | cut -c1-16)
+helm="$cache/helm-$helm_key/helm"
+if [ ! -x "$helm" ]; then
+  echo "building helm" >&2
+  mkdir -p "$(dirname "$helm")"
+  (cd "$here/helm" && CGO_ENABLED=0 GOFLAGS="-mod=mod -trimpath -buildvcs=false" \
+    go build -ldflags "-s -w" -o "$helm.tmp" helm.sh/helm/v4/cmd/helm) >&2
+  mv "$helm.tmp" "$helm"
+fi
+ln -sfn "$helm" "$bin/helm"
 echo "$bin"

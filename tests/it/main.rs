@@ -6,4 +6,5 @@ mod api;
 mod ecr;
 mod local;
 mod rotation;
+mod ship;
 mod support;

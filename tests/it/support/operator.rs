@@ -55,12 +55,27 @@ impl Operator {
 
 fn spawn(namespace: &str, extra: &[String], env: &[(String, String)], dir: &TempDir, n: usize) -> Proc {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_regcred"));
-    cmd.args(["run", "--watch-namespace", namespace, "--log-level", "regcred=debug,info", "--instance", "test-operator"])
+    cmd.args(["run", "--watch-namespace", namespace, "--log-level", "regcred=debug,info"])
+        .args(["--metrics-bind-address", "127.0.0.1:0"])
         .args(extra)
         .env("KUBECONFIG", &control_plane().kubeconfig)
+        .env("POD_NAME", "test-operator")
         .env_remove("RUST_LOG");
     for (k, v) in env {
         cmd.env(k, v);
     }
     Proc::spawn(cmd, dir.join(&format!("operator-{n}.log")))
+}
+
+impl Operator {
+    /// The address `/metrics` is served on, from the start-up log line.
+    pub async fn metrics_address(&self) -> String {
+        super::wait_for(std::time::Duration::from_secs(30), "the metrics address in the log", || async {
+            let logs = self.current_logs();
+            let line = logs.lines().find(|l| l.contains("serving /metrics"))?;
+            let addr = line.split("address=").nth(1)?.split_whitespace().next()?;
+            Some(addr.trim_matches('"').to_string())
+        })
+        .await
+    }
 }
