@@ -117,12 +117,7 @@ async fn endpoint_outage_keeps_the_secret_and_recovers() {
     let ttl = 20;
     let mut server = OAuth2Server::start(ttl).await;
     let operator = Operator::start(&ns.name);
-    create_secret(&client, &ns.name, "client", json!({"client_id": "regcred-basic", "client_secret": server.secret})).await;
-    create_credential(&client, &ns.name, "cred", json!({"source": {"oauth2": {
-        "tokenURL": server.token_url(), "allowInsecureHTTP": true,
-        "clientSecretRef": {"name": "client"}, "registries": ["registry.example.com"]
-    }}})).await;
-    wait_ready(&client, &ns.name, "cred", "True", None, Duration::from_secs(60)).await;
+    ready_oauth2_credential(&client, &ns.name, &server).await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
     let kept = secrets.get("cred").await.unwrap();
     let token = password_in(&kept, "registry.example.com");
@@ -160,12 +155,7 @@ async fn restarted_operator_does_not_mint_again() {
     let (client, ns) = setup("restart").await;
     let server = OAuth2Server::start(300).await;
     let mut operator = Operator::start(&ns.name);
-    create_secret(&client, &ns.name, "client", json!({"client_id": "regcred-basic", "client_secret": server.secret})).await;
-    create_credential(&client, &ns.name, "cred", json!({"source": {"oauth2": {
-        "tokenURL": server.token_url(), "allowInsecureHTTP": true,
-        "clientSecretRef": {"name": "client"}, "registries": ["registry.example.com"]
-    }}})).await;
-    wait_ready(&client, &ns.name, "cred", "True", None, Duration::from_secs(60)).await;
+    ready_oauth2_credential(&client, &ns.name, &server).await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
     let before = secrets.get("cred").await.unwrap();
     let (requests, _) = server.stats().await;

@@ -193,12 +193,7 @@ async fn two_replicas_one_leader_and_takeover() {
     let b = Operator::start_with(&ns.name, &b_args.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
     wait_for(Duration::from_secs(30), "replica-b to stand by", || async { b.logs().contains("waiting to become the leader").then_some(()) }).await;
 
-    create_secret(&client, &ns.name, "client", json!({"client_id": "regcred-basic", "client_secret": server.secret})).await;
-    create_credential(&client, &ns.name, "cred", json!({"source": {"oauth2": {
-        "tokenURL": server.token_url(), "allowInsecureHTTP": true,
-        "clientSecretRef": {"name": "client"}, "registries": ["registry.example.com"]
-    }}})).await;
-    let first = wait_ready(&client, &ns.name, "cred", "True", None, Duration::from_secs(60)).await;
+    let first = ready_oauth2_credential(&client, &ns.name, &server).await;
     let crs: Api<RegistryCredential> = Api::namespaced(client.clone(), &ns.name);
     // Exactly one reconciles.
     assert!(a.logs().contains("minting"));
@@ -227,12 +222,7 @@ async fn metrics_expose_the_expiry_of_each_credential() {
     let (client, ns) = setup("metrics").await;
     let server = OAuth2Server::start(300).await;
     let operator = Operator::start(&ns.name);
-    create_secret(&client, &ns.name, "client", json!({"client_id": "regcred-basic", "client_secret": server.secret})).await;
-    create_credential(&client, &ns.name, "cred", json!({"source": {"oauth2": {
-        "tokenURL": server.token_url(), "allowInsecureHTTP": true,
-        "clientSecretRef": {"name": "client"}, "registries": ["registry.example.com"]
-    }}})).await;
-    let cr = wait_ready(&client, &ns.name, "cred", "True", None, Duration::from_secs(60)).await;
+    let cr = ready_oauth2_credential(&client, &ns.name, &server).await;
     let st = cr.status.unwrap();
     let addr = operator.metrics_address().await;
     regcred::install_crypto_provider();

@@ -80,3 +80,14 @@ pub async fn assert_no_secrets(client: &Client, ns: &str, operator: &Operator, s
     }
 }
 
+
+/// The client Secret and an `oauth2` RegistryCredential named `cred` against
+/// `server` (client_secret_basic), once Ready.
+pub async fn ready_oauth2_credential(client: &Client, ns: &str, server: &super::OAuth2Server) -> RegistryCredential {
+    create_secret(client, ns, "client", json!({"client_id": "regcred-basic", "client_secret": server.secret})).await;
+    create_credential(client, ns, "cred", json!({"source": {"oauth2": {
+        "tokenURL": server.token_url(), "allowInsecureHTTP": true,
+        "clientSecretRef": {"name": "client"}, "registries": ["registry.example.com"]
+    }}})).await;
+    wait_ready(client, ns, "cred", "True", None, Duration::from_secs(60)).await
+}
