@@ -41,16 +41,29 @@ impl Peers {
     }
 }
 
+/// A port nothing listens on, never the same twice in this process (tests
+/// run in parallel and bind their servers a moment later).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut given = GIVEN.lock().unwrap();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// A scratch directory removed on drop.
 pub struct TempDir(pub PathBuf);
 
+static NEXT_DIR: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 impl TempDir {
     pub fn new(prefix: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("regcred-{prefix}-{}-{}", std::process::id(), free_port()));
+        let n = NEXT_DIR.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("regcred-{prefix}-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&p).unwrap();
         Self(p)
     }
@@ -293,7 +306,8 @@ pub struct OAuth2Server {
 
 impl OAuth2Server {
     pub async fn start(ttl_seconds: u64) -> Self {
-        let secret = format!("client-secret-{}", sha256_hex(format!("{}{}", std::process::id(), free_port()).as_bytes()));
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let secret = format!("client-secret-{}", &sha256_hex(format!("{}-{nanos}", std::process::id()).as_bytes())[..32]);
         let mut s = Self { port: free_port(), secret, ttl: ttl_seconds, dir: TempDir::new("oauth2"), proc: None };
         s.resume().await;
         s
@@ -312,7 +326,8 @@ impl OAuth2Server {
             .env("PORT", self.port.to_string())
             .env("TOKEN_TTL", self.ttl.to_string())
             .env("CLIENT_SECRET", &self.secret);
-        let log = self.dir.join(&format!("oauth2-{}.log", free_port()));
+        let n = NEXT_DIR.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = self.dir.join(&format!("oauth2-{n}.log"));
         self.proc = Some(Proc::spawn(cmd, log));
         wait_port(self.port).await;
     }
