@@ -15,9 +15,12 @@ log() { echo "peers: $*" >&2; }
 hash_of() { cat "$@" | sha256sum | cut -c1-16; }
 
 # --- Debian packages
+# Installed means "install ok installed": a removed package keeps a dpkg
+# record (config-files) that `dpkg -s` still accepts.
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 missing=()
 for p in docker-registry skopeo apache2-utils openssl ca-certificates; do
-  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+  installed "$p" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing Debian packages: ${missing[*]}"
