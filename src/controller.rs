@@ -202,7 +202,7 @@ async fn reconcile_inner(cr: &RegistryCredential, ctx: &Context) -> Result<Actio
         SecretState::Ours(s) if s.intact => s.not_after,
         _ => None,
     };
-    let minted = match policy(cr).and_then(|p| Ok((p, source_cx(ctx, &ns, &name)))) {
+    let minted = match policy(cr).map(|p| (p, source_cx(ctx, &ns, &name))) {
         Ok((p, cx)) => match source::from_spec(&cr.spec.source, cx) {
             Ok(src) => src.mint().await.map(|m| (p, m)),
             Err(e) => Err(e),

@@ -214,7 +214,7 @@ async fn two_replicas_one_leader_and_takeover() {
     assert!(b.logs().contains("minting"));
     assert!(a.logs().contains("released the leader lease"), "the old leader did not release its lease:\n{}", a.logs().lines().rev().take(8).collect::<Vec<_>>().join("\n"));
     eprintln!("leader takeover after SIGTERM: {takeover:?}");
-    assert_no_secrets(&client, &ns.name, &b, &[server.secret.clone()]).await;
+    assert_no_secrets(&client, &ns.name, &b, std::slice::from_ref(&server.secret)).await;
 }
 
 #[tokio::test]
