@@ -219,7 +219,14 @@ async fn reconcile_inner(cr: &RegistryCredential, ctx: &Context) -> Result<Actio
         return fail(ctx, cr, &crs, &prev, &desired_inputs, &labels, e, current_not_after, now).await;
     }
     let renewal = schedule::renewal_time(minted.issued_at, minted.expires_at, &policy, seed);
-    let desired = secret::desired(cr, &minted, &desired_inputs, renewal)?;
+    let desired = match secret::desired(cr, &minted, &desired_inputs, renewal) {
+        Ok(d) => d,
+        // Empty or oversized: the source's answer is unusable; keep the old Secret.
+        Err(e) => {
+            let e = SourceError::InvalidResponse { endpoint: "source".into(), problem: e.to_string() };
+            return fail(ctx, cr, &crs, &prev, &desired_inputs, &labels, e, current_not_after, now).await;
+        }
+    };
     match secret::write(&secrets, existing.as_ref(), desired).await {
         Ok(_) => {}
         Err(WriteError::Conflict) => return Ok(Action::requeue(Duration::from_secs(1))),

@@ -111,6 +111,9 @@ pub fn desired(
     inputs: &str,
     renewal_time: DateTime<Utc>,
 ) -> Result<Secret, WriteError> {
+    if minted.entries.is_empty() {
+        return Err(WriteError::Empty);
+    }
     let data = render(minted);
     if data.len() > MAX_DATA_BYTES {
         return Err(WriteError::TooLarge { bytes: data.len() });
@@ -149,6 +152,8 @@ pub enum WriteError {
     Conflict,
     #[error("the Secret changed while regcred was writing it; retrying")]
     Stale,
+    #[error("the source returned no registry entry; an empty .dockerconfigjson is never written")]
+    Empty,
     #[error("the rendered .dockerconfigjson is {bytes} bytes, over the Secret size limit")]
     TooLarge { bytes: usize },
     #[error("writing the Secret: API server answered {code} {reason}")]
@@ -238,6 +243,23 @@ mod tests {
         let m = Minted { entries: vec![a], issued_at: Utc::now(), expires_at: None };
         let v: Value = serde_json::from_slice(&render(&m)).unwrap();
         assert_eq!(v["auths"]["1.dkr.ecr.eu-west-1.amazonaws.com"]["auth"], json!(token));
+    }
+
+    #[test]
+    fn never_renders_an_empty_secret() {
+        let cr: RegistryCredential = serde_json::from_value(json!({
+            "apiVersion": "regcred.dev/v1alpha1", "kind": "RegistryCredential",
+            "metadata": {"name": "c", "namespace": "n", "uid": "u"},
+            "spec": {"source": {"basic": {"secretRef": {"name": "s"}, "registries": ["r"]}}}
+        }))
+        .unwrap();
+        let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        assert!(matches!(desired(&cr, &minted(&[]), "g1", now), Err(WriteError::Empty)));
+        let s = desired(&cr, &minted(&[("r", "u", "p")]), "g1", now).unwrap();
+        assert_eq!(s.type_.as_deref(), Some(DOCKERCONFIGJSON_TYPE));
+        let owner = &s.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!((owner.uid.as_str(), owner.controller), ("u", Some(true)));
+        assert!(read_annotations(&s).intact);
     }
 
     #[test]
