@@ -68,7 +68,9 @@ pub fn clock() -> DateTime<Utc> {
 /// retried by the controller's error policy.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{step}: {source}")]
+    // Summarised (status code and reason): a whole kube error can carry a
+    // response body, and some of these responses are Secrets.
+    #[error("{step}: {}", crate::source::summarize_kube_error(source))]
     Kube { step: &'static str, source: kube::Error },
     #[error(transparent)]
     Write(#[from] WriteError),
@@ -133,23 +135,29 @@ pub async fn reconcile(cr: Arc<RegistryCredential>, ctx: Arc<Context>) -> Result
     result
 }
 
-async fn reconcile_inner(cr: &RegistryCredential, ctx: &Context) -> Result<Action, Error> {
+async fn reconcile_inner(cached: &RegistryCredential, ctx: &Context) -> Result<Action, Error> {
+    let ns = cached.namespace().unwrap_or_default();
+    let name = cached.name_any();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let crs: Api<RegistryCredential> = Api::namespaced(ctx.client.clone(), &ns);
+    // gather: the credential itself from the API server, not the cache. The
+    // cache can lag our own status write (a reconcile triggered by the Secret
+    // we just wrote would see the old status and mint a second time).
+    let Some(fresh) = crs.get_opt(&name).await.map_err(kube_err("reading the RegistryCredential"))? else {
+        return Ok(Action::await_change());
+    };
+    let cr = &fresh;
     if cr.metadata.deletion_timestamp.is_some() {
         // The owner reference lets garbage collection remove the Secret.
         return Ok(Action::await_change());
     }
-    let ns = cr.namespace().unwrap_or_default();
-    let name = cr.name_any();
     let now = (ctx.now)();
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let crs: Api<RegistryCredential> = Api::namespaced(ctx.client.clone(), &ns);
     let secret_name = cr.secret_name();
     let prev = cr.status.clone().unwrap_or_default();
     let generation = cr.metadata.generation;
     let seed = schedule::seed(cr.metadata.uid.as_deref().unwrap_or(&name));
     let labels = CredentialLabels { namespace: ns.clone(), name: name.clone() };
 
-    // gather
     let existing = secrets.get_opt(&secret_name).await.map_err(kube_err("reading the target Secret"))?;
     let state = match &existing {
         None => SecretState::Missing,
@@ -202,30 +210,26 @@ async fn reconcile_inner(cr: &RegistryCredential, ctx: &Context) -> Result<Actio
         SecretState::Ours(s) if s.intact => s.not_after,
         _ => None,
     };
-    let minted = match policy(cr).map(|p| (p, source_cx(ctx, &ns, &name))) {
-        Ok((p, cx)) => match source::from_spec(&cr.spec.source, cx) {
-            Ok(src) => src.mint().await.map(|m| (p, m)),
-            Err(e) => Err(e),
-        },
-        Err(e) => Err(e),
-    };
-    let (policy, minted) = match minted {
+    // Everything that can fail because of the source, in one place: any
+    // failure here leaves the current Secret exactly as it is.
+    let attempt = async {
+        let policy = policy(cr)?;
+        let minted = source::from_spec(&cr.spec.source, source_cx(ctx, &ns))?.mint().await?;
+        ctx.metrics.mints.get_or_create(&SourceLabels { source: source_kind(cr).into() }).inc();
+        if minted.expires_at.is_some_and(|t| t <= now) {
+            let problem = "the credential had already expired when it arrived".into();
+            return Err(SourceError::InvalidResponse { endpoint: "source".into(), problem });
+        }
+        let renewal = schedule::renewal_time(minted.issued_at, minted.expires_at, &policy, seed);
+        // Empty or oversized: the source's answer is unusable.
+        let desired = secret::desired(cr, &minted, &desired_inputs, renewal)
+            .map_err(|e| SourceError::InvalidResponse { endpoint: "source".into(), problem: e.to_string() })?;
+        Ok((minted, renewal, desired))
+    }
+    .await;
+    let (minted, renewal, desired) = match attempt {
         Ok(v) => v,
         Err(e) => return fail(ctx, cr, &crs, &prev, &desired_inputs, &labels, e, current_not_after, now).await,
-    };
-    ctx.metrics.mints.get_or_create(&SourceLabels { source: source_kind(cr).into() }).inc();
-    if minted.expires_at.is_some_and(|t| t <= now) {
-        let e = SourceError::InvalidResponse { endpoint: "source".into(), problem: "the credential had already expired when it arrived".into() };
-        return fail(ctx, cr, &crs, &prev, &desired_inputs, &labels, e, current_not_after, now).await;
-    }
-    let renewal = schedule::renewal_time(minted.issued_at, minted.expires_at, &policy, seed);
-    let desired = match secret::desired(cr, &minted, &desired_inputs, renewal) {
-        Ok(d) => d,
-        // Empty or oversized: the source's answer is unusable; keep the old Secret.
-        Err(e) => {
-            let e = SourceError::InvalidResponse { endpoint: "source".into(), problem: e.to_string() };
-            return fail(ctx, cr, &crs, &prev, &desired_inputs, &labels, e, current_not_after, now).await;
-        }
     };
     match secret::write(&secrets, existing.as_ref(), desired).await {
         Ok(_) => {}
@@ -249,11 +253,10 @@ async fn reconcile_inner(cr: &RegistryCredential, ctx: &Context) -> Result<Actio
     Ok(Action::requeue(schedule::requeue_after((ctx.now)(), renewal)))
 }
 
-fn source_cx(ctx: &Context, ns: &str, name: &str) -> SourceContext {
+fn source_cx(ctx: &Context, ns: &str) -> SourceContext {
     SourceContext {
         secrets: SecretReader::new(ctx.client.clone(), ns),
         namespace: ns.to_string(),
-        name: name.to_string(),
         now: ctx.now,
         ecr: ctx.ecr.clone(),
     }

@@ -133,7 +133,7 @@ pub async fn send(req: reqwest::RequestBuilder, endpoint: &str) -> Result<Respon
     Ok(Response { status, body })
 }
 
-fn transport(endpoint: &str, e: &reqwest::Error) -> SourceError {
+pub(super) fn transport(endpoint: &str, e: &reqwest::Error) -> SourceError {
     let kind = if e.is_timeout() {
         "timed out"
     } else if e.is_connect() {

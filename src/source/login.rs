@@ -5,7 +5,7 @@
 use secrecy::ExposeSecret;
 use url::Url;
 
-use super::httpclient::{self, endpoint_of};
+use super::httpclient::{self, endpoint_of, transport};
 use super::{RegistryAuth, SourceError};
 
 /// Base URL of a registry key: `host[:port]`, or a URL such as
@@ -95,11 +95,6 @@ pub async fn check(client: &reqwest::Client, auth: &RegistryAuth, allow_http: bo
     } else {
         Err(httpclient::status_error(&endpoint, &resp))
     }
-}
-
-fn transport(endpoint: &str, e: &reqwest::Error) -> SourceError {
-    let kind = if e.is_timeout() { "timed out" } else if e.is_connect() { "connection failed" } else { "request failed" };
-    SourceError::Transport { endpoint: endpoint.to_string(), kind }
 }
 
 #[cfg(test)]

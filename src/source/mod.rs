@@ -77,10 +77,9 @@ pub trait TokenSource: Send + Sync {
 #[derive(Clone)]
 pub struct SourceContext {
     pub secrets: SecretReader,
-    /// Namespace and name of the RegistryCredential, for session names and
-    /// messages.
+    /// Namespace of the RegistryCredential: Secrets and ServiceAccounts are
+    /// read there only; also the default AWS session name.
     pub namespace: String,
-    pub name: String,
     pub now: fn() -> DateTime<Utc>,
     pub ecr: EcrMinter,
 }

@@ -36,6 +36,16 @@ async fn keys_secret(client: &kube::Client, ns: &str) {
     create_secret(client, ns, "aws-keys", json!({"AWS_ACCESS_KEY_ID": "AKIASTATIC0000000001", "AWS_SECRET_ACCESS_KEY": SECRET_KEY})).await;
 }
 
+/// A test namespace with the `aws-keys` Secret, moto (no proxyEndpoint
+/// rewrites) and an operator watching the namespace.
+async fn keys_setup(prefix: &str, ttl: u64) -> (kube::Client, TestNamespace, MotoEcr, Operator) {
+    let (client, ns) = setup(prefix).await;
+    let moto = MotoEcr::start(ttl, &[]).await;
+    let operator = Operator::start(&ns.name);
+    keys_secret(&client, &ns.name).await;
+    (client, ns, moto, operator)
+}
+
 fn leaks() -> Vec<String> {
     vec![
         SECRET_KEY.into(),
@@ -88,10 +98,7 @@ async fn every_credential_mode_yields_a_secret_that_pulls() {
 
 #[tokio::test]
 async fn cross_account_role_and_several_registry_ids() {
-    let (client, ns) = setup("ecr-accounts").await;
-    let moto = MotoEcr::start(43_200, &[]).await;
-    let operator = Operator::start(&ns.name);
-    keys_secret(&client, &ns.name).await;
+    let (client, ns, moto, operator) = keys_setup("ecr-accounts", 43_200).await;
     create_credential(&client, &ns.name, "cross", ecr(&moto, json!({
         "credentialsSecretRef": {"name": "aws-keys"}, "roleArn": format!("arn:aws:iam::{ROLE_ACCOUNT}:role/pull")
     }))).await;
@@ -130,11 +137,8 @@ async fn operator_identity_is_refused_where_not_allowed() {
 
 #[tokio::test]
 async fn fifty_credentials_share_one_token_per_lifetime() {
-    let (client, ns) = setup("ecr-shared").await;
     let ttl = 40;
-    let moto = MotoEcr::start(ttl, &[]).await;
-    let operator = Operator::start(&ns.name);
-    keys_secret(&client, &ns.name).await;
+    let (client, ns, moto, operator) = keys_setup("ecr-shared", ttl).await;
     let n = 50;
     for i in 0..n {
         create_credential(&client, &ns.name, &format!("c{i:02}"), ecr(&moto, json!({"credentialsSecretRef": {"name": "aws-keys"}}))).await;
@@ -166,10 +170,7 @@ async fn fifty_credentials_share_one_token_per_lifetime() {
 
 #[tokio::test]
 async fn access_denied_and_throttling_keep_the_secret() {
-    let (client, ns) = setup("ecr-errors").await;
-    let moto = MotoEcr::start(43_200, &[]).await;
-    let operator = Operator::start(&ns.name);
-    keys_secret(&client, &ns.name).await;
+    let (client, ns, moto, operator) = keys_setup("ecr-errors", 43_200).await;
     create_credential(&client, &ns.name, "cred", ecr(&moto, json!({"credentialsSecretRef": {"name": "aws-keys"}}))).await;
     wait_ready(&client, &ns.name, "cred", "True", None, Duration::from_secs(60)).await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
@@ -197,11 +198,8 @@ async fn access_denied_and_throttling_keep_the_secret() {
 
 #[tokio::test]
 async fn short_lived_ecr_tokens_rotate_before_expiry() {
-    let (client, ns) = setup("ecr-rotate").await;
     let ttl = 20;
-    let moto = MotoEcr::start(ttl, &[]).await;
-    let operator = Operator::start(&ns.name);
-    keys_secret(&client, &ns.name).await;
+    let (client, ns, moto, operator) = keys_setup("ecr-rotate", ttl).await;
     create_credential(&client, &ns.name, "cred", ecr(&moto, json!({"credentialsSecretRef": {"name": "aws-keys"}}))).await;
     wait_ready(&client, &ns.name, "cred", "True", None, Duration::from_secs(60)).await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
@@ -225,10 +223,7 @@ async fn short_lived_ecr_tokens_rotate_before_expiry() {
 async fn ecr_public_at_the_http_level() {
     // moto has no ECR Public: tests/peers/moto_ecr.py answers its
     // GetAuthorizationToken at the HTTP level, which is all this checks.
-    let (client, ns) = setup("ecr-public").await;
-    let moto = MotoEcr::start(43_200, &[]).await;
-    let operator = Operator::start(&ns.name);
-    keys_secret(&client, &ns.name).await;
+    let (client, ns, moto, operator) = keys_setup("ecr-public", 43_200).await;
     let spec = json!({"source": {"ecr": {"region": "us-east-1", "public": true, "endpoint": moto.endpoint(), "allowInsecureHTTP": true, "credentialsSecretRef": {"name": "aws-keys"}}}});
     create_credential(&client, &ns.name, "pub", spec).await;
     let cr = wait_ready(&client, &ns.name, "pub", "True", None, Duration::from_secs(60)).await;
