@@ -27,10 +27,49 @@ pub struct RunArgs {
     #[arg(long, env = "REGCRED_WATCH_NAMESPACE")]
     pub watch_namespace: Option<String>,
 
+    /// Reconcile only RegistryCredentials matching this label selector
+    /// (e.g. `team=a`; for sharding or canaries). Default: all.
+    #[arg(long, env = "REGCRED_SELECTOR")]
+    pub selector: Option<String>,
+
     /// How many credentials are reconciled at once; a slow endpoint holds up
     /// only its own credentials.
-    #[arg(long, env = "REGCRED_CONCURRENCY", default_value_t = 32)]
+    #[arg(long, env = "REGCRED_CONCURRENCY", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,
+
+    /// How many credentials of one namespace are reconciled at once, so a
+    /// namespace whose endpoints hang cannot take every slot.
+    #[arg(long, env = "REGCRED_NAMESPACE_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    pub namespace_concurrency: u16,
+
+    /// The least time between two mints of one credential, in seconds,
+    /// whatever lifetime its source answers (a source handing out 1-second
+    /// tokens gets a warning condition, not a loop).
+    #[arg(long, env = "REGCRED_MIN_MINT_INTERVAL_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub min_mint_interval_seconds: u32,
+
+    /// The longest one mint may take, in seconds (every request of it: token
+    /// endpoint, registry login checks, AWS calls). Each reconcile is bounded
+    /// by this plus 30 s.
+    #[arg(long, env = "REGCRED_MINT_TIMEOUT_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=600))]
+    pub mint_timeout_seconds: u32,
+
+    /// Largest response body read from a token endpoint or registry, in
+    /// bytes; larger answers fail the mint.
+    #[arg(long, env = "REGCRED_MAX_RESPONSE_BYTES", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(1024..=1048576))]
+    pub max_response_bytes: u32,
+
+    /// CIDRs tenant-named endpoints may never reach (token endpoints,
+    /// registries for login checks, redirects, ECR/STS overrides), checked on
+    /// the resolved address at connect time. Comma-separated; replaces the
+    /// default (link-local and cloud metadata addresses).
+    #[arg(long, env = "REGCRED_EGRESS_DENY_CIDRS", value_delimiter = ',', default_value = "169.254.0.0/16,fe80::/10,fd00:ec2::254/128,100.100.100.200/32")]
+    pub egress_deny_cidrs: Vec<String>,
+
+    /// Hosts tenant-named endpoints must be on (`registry.example.com`,
+    /// `*.example.com`), comma-separated. Default: any host not denied.
+    #[arg(long, env = "REGCRED_EGRESS_ALLOW_HOSTS", value_delimiter = ',')]
+    pub egress_allow_hosts: Vec<String>,
 
     /// Log format.
     #[arg(long, env = "REGCRED_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -56,6 +95,24 @@ pub struct RunArgs {
     /// `--ecr-identity-namespaces`.
     #[arg(long, env = "REGCRED_ECR_IDENTITY_NAMESPACE_SELECTOR")]
     pub ecr_identity_namespace_selector: Option<String>,
+
+    /// Audiences a web-identity ServiceAccount token may be requested for
+    /// (comma-separated).
+    #[arg(long, env = "REGCRED_WEB_IDENTITY_AUDIENCES", value_delimiter = ',', default_value = "sts.amazonaws.com")]
+    pub web_identity_audiences: Vec<String>,
+
+    /// ECR/STS endpoint overrides RegistryCredentials may use: origins such
+    /// as `https://sts.eu-west-1.amazonaws.com` or a VPC endpoint,
+    /// comma-separated, or `*` for any. Default: none (the region's AWS
+    /// endpoints only), since an override receives AWS credentials and web
+    /// identity tokens.
+    #[arg(long, env = "REGCRED_AWS_ENDPOINT_OVERRIDES", value_delimiter = ',')]
+    pub aws_endpoint_overrides: Vec<String>,
+
+    /// Role ARN patterns (`*` matches anything) that credentials using the
+    /// operator's own AWS identity may assume, comma-separated. Default: any.
+    #[arg(long, env = "REGCRED_ECR_ROLE_ARNS", value_delimiter = ',')]
+    pub ecr_role_arns: Vec<String>,
 
     /// Attempts per AWS call, the first included (SDK standard retries).
     #[arg(long, env = "REGCRED_AWS_MAX_ATTEMPTS", default_value_t = 3)]

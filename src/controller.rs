@@ -1,10 +1,17 @@
 //! The one reconcile and its wiring: gather → decide → act → report.
+//!
+//! Around it, what keeps one tenant from hurting the others: a share of the
+//! concurrency per namespace, a deadline on every mint and every reconcile,
+//! a panic backstop that fails one credential instead of the process, and
+//! progress tracking for the health endpoint.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
@@ -13,25 +20,187 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, watcher};
 use kube::runtime::WatchStreamExt;
 use kube::{Client, Resource, ResourceExt};
-use tracing::{debug, info, warn};
+use tokio::sync::Semaphore;
+use tracing::{debug, error, info, warn};
 
 use crate::api::{self, RegistryCredential};
 use crate::metrics::{CredentialLabels, FailureLabels, Metrics, SourceLabels};
 use crate::schedule::{self, Decision, Observed, OurSecret, Policy, SecretState};
 use crate::secret::{self, WriteError};
-use crate::source::{self, EcrMinter, SecretReader, SourceContext, SourceError};
-use crate::status;
+use crate::source::{self, EcrMinter, NetPolicy, SecretReader, SourceContext, SourceError};
+use crate::status::{self, reason};
 
 /// Operator settings the reconcile needs.
 #[derive(Clone, Debug)]
 pub struct Settings {
     /// Watch only this namespace; all namespaces when `None`.
     pub namespace: Option<String>,
+    /// Reconcile only credentials matching this label selector.
+    pub selector: Option<String>,
     /// Credentials reconciled at once.
     pub concurrency: u16,
+    /// Credentials of one namespace reconciled at once.
+    pub namespace_concurrency: u16,
     /// This replica's name, for Events.
     pub instance: String,
     pub ecr: source::EcrSettings,
+    pub net: NetPolicy,
+    /// The least time between two mints of one credential.
+    pub min_mint_interval: chrono::Duration,
+    /// The longest a mint (every request of it) may take.
+    pub mint_timeout: Duration,
+}
+
+impl Settings {
+    /// The longest one reconcile may take: the mint plus room for the API calls.
+    pub fn reconcile_timeout(&self) -> Duration {
+        self.mint_timeout + Duration::from_secs(30)
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            namespace: None,
+            selector: None,
+            concurrency: 32,
+            namespace_concurrency: 8,
+            instance: "regcred".into(),
+            ecr: Default::default(),
+            net: Default::default(),
+            min_mint_interval: schedule::DEFAULT_MIN_MINT_INTERVAL,
+            mint_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Reconciles in flight and the last time one finished: a controller with
+/// work in flight and nothing finished for longer than any reconcile may
+/// take is stalled, and `/healthz` says so.
+pub struct Progress {
+    started: Instant,
+    in_flight: AtomicUsize,
+    last_done_ms: AtomicU64,
+    pub stall_after: Duration,
+}
+
+impl Progress {
+    pub fn new(stall_after: Duration) -> Self {
+        Self { started: Instant::now(), in_flight: AtomicUsize::new(0), last_done_ms: AtomicU64::new(0), stall_after }
+    }
+
+    fn begin(self: &Arc<Self>) -> InFlight {
+        if self.in_flight.fetch_add(1, Ordering::SeqCst) == 0 {
+            // Idle until now: the stall clock starts with this reconcile.
+            self.mark_done();
+        }
+        InFlight(self.clone())
+    }
+
+    fn mark_done(&self) {
+        self.last_done_ms.store(self.started.elapsed().as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// Stalled as of `at` (an instant after this was created).
+    pub fn stalled_at(&self, at: Instant) -> bool {
+        let now_ms = at.saturating_duration_since(self.started).as_millis() as u64;
+        let idle = now_ms.saturating_sub(self.last_done_ms.load(Ordering::SeqCst));
+        self.in_flight.load(Ordering::SeqCst) > 0 && idle > self.stall_after.as_millis() as u64
+    }
+
+    pub fn stalled(&self) -> bool {
+        self.stalled_at(Instant::now())
+    }
+}
+
+struct InFlight(Arc<Progress>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.mark_done();
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A share of the concurrency per namespace: a namespace whose endpoints
+/// hang holds at most its share of the reconcile slots.
+struct NamespaceLimits {
+    per_namespace: usize,
+    slots: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+impl NamespaceLimits {
+    fn try_acquire(&self, namespace: &str) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let sem = {
+            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            if slots.len() > 1024 {
+                // Forget idle namespaces so the map does not grow for ever.
+                let max = self.per_namespace;
+                slots.retain(|_, s| Arc::strong_count(s) > 1 || s.available_permits() < max);
+            }
+            slots.entry(namespace.to_string()).or_insert_with(|| Arc::new(Semaphore::new(self.per_namespace))).clone()
+        };
+        sem.try_acquire_owned().ok()
+    }
+}
+
+/// Which credentials read which Secret: (namespace, Secret name) →
+/// credential names. Kept up to date from the credential watch, so a Secret
+/// event costs a lookup, not a scan of every credential.
+#[derive(Default)]
+pub struct ReferenceIndex {
+    inner: Mutex<IndexState>,
+}
+
+#[derive(Default)]
+struct IndexState {
+    by_credential: HashMap<(String, String), Vec<String>>,
+    by_secret: HashMap<(String, String), BTreeSet<String>>,
+}
+
+impl ReferenceIndex {
+    fn set(&self, cr: &RegistryCredential) {
+        let ns = cr.namespace().unwrap_or_default();
+        let name = cr.name_any();
+        let refs = source::referenced_secrets(&cr.spec.source);
+        let mut st = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        st.remove(&ns, &name);
+        for s in &refs {
+            st.by_secret.entry((ns.clone(), s.clone())).or_default().insert(name.clone());
+        }
+        st.by_credential.insert((ns, name), refs);
+    }
+
+    fn remove(&self, cr: &RegistryCredential) {
+        let mut st = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        st.remove(&cr.namespace().unwrap_or_default(), &cr.name_any());
+    }
+
+    fn clear(&self) {
+        *self.inner.lock().unwrap_or_else(|p| p.into_inner()) = IndexState::default();
+    }
+
+    /// Credentials that read this Secret.
+    pub fn lookup(&self, namespace: &str, secret: &str) -> Vec<String> {
+        let st = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        st.by_secret.get(&(namespace.to_string(), secret.to_string())).map(|s| s.iter().cloned().collect()).unwrap_or_default()
+    }
+}
+
+impl IndexState {
+    fn remove(&mut self, ns: &str, name: &str) {
+        if let Some(old) = self.by_credential.remove(&(ns.to_string(), name.to_string())) {
+            for s in old {
+                let key = (ns.to_string(), s);
+                if let Some(set) = self.by_secret.get_mut(&key) {
+                    set.remove(name);
+                    if set.is_empty() {
+                        self.by_secret.remove(&key);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Shared state of all reconciles.
@@ -41,10 +210,13 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub ecr: EcrMinter,
     pub now: fn() -> DateTime<Utc>,
+    pub settings: Settings,
+    pub progress: Arc<Progress>,
+    limits: NamespaceLimits,
 }
 
 impl Context {
-    pub fn new(client: Client, settings: &Settings, metrics: Arc<Metrics>) -> Self {
+    pub fn new(client: Client, settings: &Settings, metrics: Arc<Metrics>, progress: Arc<Progress>) -> Self {
         let reporter = Reporter { controller: "regcred".into(), instance: Some(settings.instance.clone()) };
         Self {
             recorder: Recorder::new(client.clone(), reporter),
@@ -52,6 +224,9 @@ impl Context {
             client,
             metrics,
             now: clock,
+            limits: NamespaceLimits { per_namespace: usize::from(settings.namespace_concurrency.max(1)), slots: Mutex::new(HashMap::new()) },
+            settings: settings.clone(),
+            progress,
         }
     }
 }
@@ -74,6 +249,8 @@ pub enum Error {
     Kube { step: &'static str, source: kube::Error },
     #[error(transparent)]
     Write(#[from] WriteError),
+    #[error("the reconcile did not finish within {0:?}")]
+    Deadline(Duration),
 }
 
 fn kube_err(step: &'static str) -> impl FnOnce(kube::Error) -> Error {
@@ -94,21 +271,25 @@ fn source_kind(cr: &RegistryCredential) -> &'static str {
     }
 }
 
-fn policy(cr: &RegistryCredential) -> Result<Policy, SourceError> {
+/// The renewal policy of a credential. Durations are clamped to what the
+/// CRD admits, so an object stored before a bound existed is safe too.
+fn policy(cr: &RegistryCredential, min_interval: chrono::Duration) -> Result<Policy, SourceError> {
     let renew_before = cr
         .spec
         .renew_before
         .as_deref()
-        .map(|d| source::parse_duration("spec.renewBefore", d))
+        .map(|d| source::parse_duration("spec.renewBefore", d).map(|d| d.min(schedule::MAX_LIFETIME)))
         .transpose()?;
     let refresh_interval = match cr.spec.source.basic.as_ref().and_then(|b| b.refresh_interval.as_deref()) {
-        Some(d) => source::parse_duration("spec.source.basic.refreshInterval", d)?,
+        Some(d) => source::parse_duration("spec.source.basic.refreshInterval", d)?
+            .clamp(schedule::MIN_REFRESH_INTERVAL, schedule::MAX_REFRESH_INTERVAL),
         None => schedule::DEFAULT_REFRESH_INTERVAL,
     };
     Ok(Policy {
         renew_before,
         renew_before_percentage: cr.spec.renew_before_percentage.map(|p| p.clamp(1, 99) as u8),
         refresh_interval,
+        min_interval,
     })
 }
 
@@ -128,11 +309,54 @@ async fn inputs(cr: &RegistryCredential, secrets: &Api<Secret>) -> Result<String
     Ok(format!("g{}-{:016x}", cr.metadata.generation.unwrap_or(0), schedule::seed(&parts.join(","))))
 }
 
+/// Run a future, turning a panic inside it into an `Err` with its message,
+/// so one credential's bug cannot end the process (kube-runtime re-raises
+/// panics from a reconcile).
+pub async fn contain_panic<F: std::future::Future>(f: F) -> Result<F::Output, String> {
+    std::panic::AssertUnwindSafe(f).catch_unwind().await.map_err(|p| {
+        p.downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".into())
+    })
+}
+
 pub async fn reconcile(cr: Arc<RegistryCredential>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let started = std::time::Instant::now();
-    let result = reconcile_inner(&cr, &ctx).await;
+    let ns = cr.namespace().unwrap_or_default();
+    // A namespace gets its share of the slots and no more; waiting for one
+    // here would hold a global slot, so come back shortly instead.
+    let Some(_slot) = ctx.limits.try_acquire(&ns) else {
+        let jitter = schedule::seed(&cr.name_any()) % 1000;
+        return Ok(Action::requeue(Duration::from_millis(1000 + jitter)));
+    };
+    let _in_flight = ctx.progress.begin();
+    let started = Instant::now();
+    let deadline = ctx.settings.reconcile_timeout();
+    let result = match contain_panic(tokio::time::timeout(deadline, reconcile_inner(&cr, &ctx))).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(_)) => Err(Error::Deadline(deadline)),
+        Err(panic) => internal_error(&ctx, &cr, &panic).await,
+    };
     ctx.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
     result
+}
+
+/// A panic in one reconcile: that credential is failed (Ready=False,
+/// InternalError) and retried with backoff; the process carries on.
+async fn internal_error(ctx: &Context, cached: &RegistryCredential, panic: &str) -> Result<Action, Error> {
+    let (ns, name) = (cached.namespace().unwrap_or_default(), cached.name_any());
+    // The panic message is ours (never secret material), but keep it in the log only.
+    error!(namespace = %ns, name = %name, panic = %panic, "a reconcile panicked; the credential is failed and retried");
+    let crs: Api<RegistryCredential> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(cr) = crs.get_opt(&name).await.map_err(kube_err("reading the RegistryCredential"))? else {
+        return Ok(Action::await_change());
+    };
+    let prev = cr.status.clone().unwrap_or_default();
+    let inputs = prev.observed_inputs.clone().unwrap_or_default();
+    let labels = CredentialLabels { namespace: ns, name };
+    ctx.metrics.seen(&labels);
+    let message = "an internal error stopped this reconcile (see the operator log); retrying with backoff".to_string();
+    fail(ctx, &cr, &crs, &prev, &inputs, &labels, reason::INTERNAL_ERROR, message, None, (ctx.now)()).await
 }
 
 async fn reconcile_inner(cached: &RegistryCredential, ctx: &Context) -> Result<Action, Error> {
@@ -157,6 +381,8 @@ async fn reconcile_inner(cached: &RegistryCredential, ctx: &Context) -> Result<A
     let generation = cr.metadata.generation;
     let seed = schedule::seed(cr.metadata.uid.as_deref().unwrap_or(&name));
     let labels = CredentialLabels { namespace: ns.clone(), name: name.clone() };
+    ctx.metrics.seen(&labels);
+    let min_interval = ctx.settings.min_mint_interval;
 
     let existing = secrets.get_opt(&secret_name).await.map_err(kube_err("reading the target Secret"))?;
     let state = match &existing {
@@ -174,21 +400,23 @@ async fn reconcile_inner(cached: &RegistryCredential, ctx: &Context) -> Result<A
         attempted_inputs: prev.observed_inputs.clone(),
         failed_attempts: prev.failed_attempts.max(0) as u32,
         last_failure: prev.last_failure_time,
+        last_attempt: prev.last_rotation_time.max(prev.last_failure_time),
+        min_interval,
         seed,
     };
 
     // decide
-    let reason = match schedule::decide(now, &observed) {
+    let why = match schedule::decide(now, &observed) {
         Decision::Blocked => {
-            let was = cr.ready().map(|c| c.reason.as_str()) == Some(status::reason::SECRET_CONFLICT);
+            let was = cr.ready().map(|c| c.reason.as_str()) == Some(reason::SECRET_CONFLICT);
             let st = status::conflict(&prev, generation, &secret_name, now);
             status::patch(&crs, cr, &st).await.map_err(kube_err("writing status"))?;
             ctx.metrics.ready.get_or_create(&labels).set(0);
             if !was {
                 let note = st.conditions.iter().find(|c| c.type_ == api::READY).map(|c| c.message.clone());
-                publish(ctx, cr, EventType::Warning, status::reason::SECRET_CONFLICT, note).await;
+                publish(ctx, cr, EventType::Warning, reason::SECRET_CONFLICT, note).await;
             }
-            return Ok(Action::requeue(schedule::requeue_after(now, now + schedule::BLOCKED_RECHECK)));
+            return Ok(Action::requeue(schedule::requeue_after(now, schedule::add(now, schedule::BLOCKED_RECHECK))));
         }
         Decision::WaitUntil(at) | Decision::BackOffUntil(at) => {
             debug!(namespace = %ns, name = %name, until = %at, "nothing to do yet");
@@ -201,69 +429,120 @@ async fn reconcile_inner(cached: &RegistryCredential, ctx: &Context) -> Result<A
             ctx.metrics.ready.get_or_create(&labels).set(i64::from(cr.ready().is_some_and(|c| c.status == "True")));
             return Ok(Action::requeue(schedule::requeue_after(now, at)));
         }
-        Decision::Mint(reason) => reason,
+        Decision::Mint(why) => why,
     };
 
     // act
-    info!(namespace = %ns, name = %name, ?reason, "minting");
+    info!(namespace = %ns, name = %name, reason = ?why, "minting");
     let current_not_after = match &state {
         SecretState::Ours(s) if s.intact => s.not_after,
         _ => None,
     };
-    // Everything that can fail because of the source, in one place: any
-    // failure here leaves the current Secret exactly as it is.
+    // Everything that can fail because of the source, in one place and under
+    // one deadline: any failure here leaves the current Secret as it is.
+    let mint_timeout = ctx.settings.mint_timeout;
     let attempt = async {
-        let policy = policy(cr)?;
-        let minted = source::from_spec(&cr.spec.source, source_cx(ctx, &ns))?.mint().await?;
+        let policy = policy(cr, min_interval)?;
+        let cx = source_cx(ctx, cr, policy, seed);
+        let minted = tokio::time::timeout(mint_timeout, async { source::from_spec(&cr.spec.source, cx)?.mint().await })
+            .await
+            .map_err(|_| SourceError::Deadline(format!("the source did not answer within {}s", mint_timeout.as_secs())))??;
         ctx.metrics.mints.get_or_create(&SourceLabels { source: source_kind(cr).into() }).inc();
+        let minted = minted.checked()?;
         if minted.expires_at.is_some_and(|t| t <= now) {
             let problem = "the credential had already expired when it arrived".into();
             return Err(SourceError::InvalidResponse { endpoint: "source".into(), problem });
         }
-        let renewal = schedule::renewal_time(minted.issued_at, minted.expires_at, &policy, seed);
+        let renewal = schedule::renewal(minted.issued_at, minted.expires_at, &policy, seed);
         // Empty or oversized: the source's answer is unusable.
-        let desired = secret::desired(cr, &minted, &desired_inputs, renewal)
+        let desired = secret::desired(cr, &minted, &desired_inputs, renewal.at)
             .map_err(|e| SourceError::InvalidResponse { endpoint: "source".into(), problem: e.to_string() })?;
         Ok((minted, renewal, desired))
     }
     .await;
     let (minted, renewal, desired) = match attempt {
         Ok(v) => v,
-        Err(e) => return fail(ctx, cr, &crs, &prev, &desired_inputs, &labels, e, current_not_after, now).await,
+        Err(e) => {
+            let r = e.category();
+            return fail(ctx, cr, &crs, &prev, &desired_inputs, &labels, r, e.to_string(), current_not_after, now).await;
+        }
     };
     match secret::write(&secrets, existing.as_ref(), desired).await {
         Ok(_) => {}
-        Err(WriteError::Conflict) => return Ok(Action::requeue(Duration::from_secs(1))),
+        Err(WriteError::Conflict | WriteError::Stale) => return Ok(Action::requeue(Duration::from_secs(1))),
+        Err(e @ WriteError::Rejected { .. }) => {
+            // The API server refused what we wrote (an admission policy, a
+            // quota, a forbidden namespace): a failure like a failed mint.
+            let message = redact(&e.to_string(), &minted);
+            return fail(ctx, cr, &crs, &prev, &desired_inputs, &labels, reason::SECRET_REJECTED, message, current_not_after, now).await;
+        }
         Err(e) => return Err(e.into()),
     }
 
     // report
     let registries = minted.registries();
-    let st = status::rotated(&prev, generation, &desired_inputs, &secret_name, registries, minted.expires_at, renewal, now);
+    let mut st = status::rotated(&prev, generation, &desired_inputs, &secret_name, registries, minted.expires_at, renewal.at, now);
+    let lifetime = minted.expires_at.map(|t| (t - minted.issued_at).num_seconds()).unwrap_or_default();
+    let short = (!renewal.safe).then(|| {
+        format!(
+            "credentials from this source live {lifetime}s; regcred mints at most once every {}s, so the Secret may hold an expired credential for part of each lifetime",
+            min_interval.num_seconds()
+        )
+    });
+    let was_short = prev.conditions.iter().any(|c| c.type_ == status::SHORT_LIVED && c.status == "True");
+    status::set_short_lived(&mut st, short.clone(), now);
     status::patch(&crs, cr, &st).await.map_err(kube_err("writing status"))?;
     ctx.metrics.rotations.get_or_create(&labels).inc();
     ctx.metrics.ready.get_or_create(&labels).set(1);
     if let Some(na) = minted.expires_at {
         ctx.metrics.expiry.get_or_create(&labels).set(na.timestamp());
     }
-    ctx.metrics.renewal.get_or_create(&labels).set(renewal.timestamp());
-    let until = minted.expires_at.map(|t| format!(", valid until {}", t.to_rfc3339())).unwrap_or_default();
-    publish(ctx, cr, EventType::Normal, status::reason::ROTATED, Some(format!("Wrote Secret {secret_name}{until}"))).await;
-    info!(namespace = %ns, name = %name, renewal = %renewal, not_after = ?minted.expires_at, "rotated");
-    Ok(Action::requeue(schedule::requeue_after((ctx.now)(), renewal)))
+    ctx.metrics.renewal.get_or_create(&labels).set(renewal.at.timestamp());
+    match short {
+        // Said once, when it starts; the rotations it causes are not Events.
+        Some(note) if !was_short => publish(ctx, cr, EventType::Warning, reason::LIFETIME_TOO_SHORT, Some(note)).await,
+        Some(_) => {}
+        None => {
+            let until = minted.expires_at.map(|t| format!(", valid until {}", t.to_rfc3339())).unwrap_or_default();
+            publish(ctx, cr, EventType::Normal, reason::ROTATED, Some(format!("Wrote Secret {secret_name}{until}"))).await;
+        }
+    }
+    info!(namespace = %ns, name = %name, renewal = %renewal.at, not_after = ?minted.expires_at, "rotated");
+    Ok(Action::requeue(schedule::requeue_after((ctx.now)(), renewal.at)))
 }
 
-fn source_cx(ctx: &Context, ns: &str) -> SourceContext {
+/// Remove every password of `minted` from a message (an API server error
+/// about the Secret should never hold one, but the message is shown to
+/// users, so make sure).
+fn redact(message: &str, minted: &source::Minted) -> String {
+    use secrecy::ExposeSecret;
+    let mut out: String = message.chars().take(512).collect();
+    for e in &minted.entries {
+        let p = e.password.expose_secret();
+        if p.len() >= 4 {
+            out = out.replace(p, "[redacted]");
+        }
+    }
+    out
+}
+
+fn source_cx(ctx: &Context, cr: &RegistryCredential, policy: Policy, seed: u64) -> SourceContext {
+    let ns = cr.namespace().unwrap_or_default();
     SourceContext {
-        secrets: SecretReader::new(ctx.client.clone(), ns),
-        namespace: ns.to_string(),
+        secrets: SecretReader::new(ctx.client.clone(), &ns),
+        namespace: ns,
+        name: cr.name_any(),
         now: ctx.now,
         ecr: ctx.ecr.clone(),
+        net: ctx.settings.net.clone(),
+        policy,
+        seed,
     }
 }
 
-/// A failed mint: the Secret stays as it is; status, Event and metrics say
-/// why; retry after the backoff.
+/// A failed attempt: the Secret stays as it is; status, Event and metrics say
+/// why; retry after the backoff. The Event is published when the state
+/// changes (a new reason or message), not on every retry.
 #[allow(clippy::too_many_arguments)]
 async fn fail(
     ctx: &Context,
@@ -272,23 +551,27 @@ async fn fail(
     prev: &api::RegistryCredentialStatus,
     inputs: &str,
     labels: &CredentialLabels,
-    e: SourceError,
+    reason: &'static str,
+    message: String,
     current_not_after: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
 ) -> Result<Action, Error> {
-    let reason = e.category();
-    let failures = prev.failed_attempts.max(0) as u32 + 1;
+    let failures = (prev.failed_attempts.max(0) as u32).saturating_add(1);
     let seed = schedule::seed(cr.metadata.uid.as_deref().unwrap_or_default());
-    let retry_at = now + schedule::backoff(failures, seed, now, current_not_after);
-    warn!(namespace = %labels.namespace, name = %labels.name, reason, error = %e, "mint failed");
-    let st = status::failed(prev, cr.metadata.generation, inputs, reason, e.to_string(), Some(retry_at), now);
+    let retry_at = schedule::add(now, schedule::backoff(failures, seed, now, current_not_after));
+    warn!(namespace = %labels.namespace, name = %labels.name, reason, error = %message, "mint failed");
+    let st = status::failed(prev, cr.metadata.generation, inputs, reason, message.clone(), Some(retry_at), now);
+    let same_state = cr.ready().is_some_and(|c| c.status == "False" && c.reason == reason && c.message.starts_with(&message));
     status::patch(crs, cr, &st).await.map_err(kube_err("writing status"))?;
     ctx.metrics
         .failures
         .get_or_create(&FailureLabels { namespace: labels.namespace.clone(), name: labels.name.clone(), reason: reason.into() })
         .inc();
     ctx.metrics.ready.get_or_create(labels).set(0);
-    publish(ctx, cr, EventType::Warning, "MintFailed", Some(format!("{reason}: {e}"))).await;
+    if !same_state {
+        let event_reason = if reason == reason::SECRET_REJECTED { reason::SECRET_REJECTED } else { reason::MINT_FAILED };
+        publish(ctx, cr, EventType::Warning, event_reason, Some(format!("{reason}: {message}"))).await;
+    }
     Ok(Action::requeue(schedule::requeue_after(now, retry_at)))
 }
 
@@ -310,25 +593,12 @@ pub fn error_policy(cr: Arc<RegistryCredential>, err: &Error, _ctx: Arc<Context>
     Action::requeue(Duration::from_secs(5))
 }
 
-/// Credentials that reference a Secret by name, in its namespace.
-fn referencing(store: &Store<RegistryCredential>, secret: &PartialObjectMeta<Secret>) -> Vec<ObjectRef<RegistryCredential>> {
-    let (Some(ns), Some(name)) = (secret.metadata.namespace.as_deref(), secret.metadata.name.as_deref()) else {
-        return Vec::new();
-    };
-    store
-        .state()
-        .iter()
-        .filter(|cr| cr.metadata.namespace.as_deref() == Some(ns))
-        .filter(|cr| source::referenced_secrets(&cr.spec.source).iter().any(|n| n == name))
-        .map(|cr| ObjectRef::from_obj(cr.as_ref()))
-        .collect()
-}
-
 /// Run the controller until `shutdown` resolves.
 pub async fn run(
     client: Client,
     settings: Settings,
     metrics: Arc<Metrics>,
+    progress: Arc<Progress>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     // Secrets are watched as metadata only (`PartialObjectMeta`): their data
@@ -338,17 +608,29 @@ pub async fn run(
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
     let (reader, writer) = reflector::store();
-    let forget = metrics.clone();
-    let cr_stream = watcher(crs, watcher::Config::default())
+    let index = Arc::new(ReferenceIndex::default());
+    let (forget, idx, live) = (metrics.clone(), index.clone(), reader.clone());
+    let mut cr_config = watcher::Config::default();
+    if let Some(sel) = &settings.selector {
+        cr_config = cr_config.labels(sel);
+    }
+    let cr_stream = watcher(crs, cr_config)
         .default_backoff()
         .modify(|cr| {
             cr.managed_fields_mut().clear();
         })
         .reflect(writer)
-        .inspect(move |ev| {
-            if let Ok(watcher::Event::Delete(cr)) = ev {
+        .inspect(move |ev| match ev {
+            Ok(watcher::Event::Apply(cr) | watcher::Event::InitApply(cr)) => idx.set(cr),
+            Ok(watcher::Event::Delete(cr)) => {
+                idx.remove(cr);
                 forget.forget(&cr.namespace().unwrap_or_default(), &cr.name_any());
             }
+            Ok(watcher::Event::Init) => idx.clear(),
+            // After a relist, credentials deleted while the watch was down
+            // are simply absent: drop their series too.
+            Ok(watcher::Event::InitDone) => forget.retain_only(&live_keys(&live)),
+            Err(_) => {}
         })
         .touched_objects();
     // Our Secrets only, by label, metadata only: edits and deletions trigger a repair.
@@ -357,15 +639,14 @@ pub async fn run(
         .default_backoff()
         .touched_objects();
     // Secrets the sources read: metadata only and nothing stored, mapped to
-    // the credentials that name them.
-    let store = reader.clone();
+    // the credentials that name them through the index.
     let referenced = watcher(secrets, watcher::Config::default().labels(&format!("{}!={}", api::MANAGED_BY_LABEL, api::MANAGED_BY_VALUE)))
         .default_backoff()
         .touched_objects();
-    let ctx = Arc::new(Context::new(client, &settings, metrics));
+    let ctx = Arc::new(Context::new(client, &settings, metrics, progress));
     Controller::for_stream(cr_stream, reader)
         .owns_stream(owned)
-        .watches_stream(referenced, move |s| referencing(&store, &s))
+        .watches_stream(referenced, move |s| referencing(&index, &s))
         .with_config(ControllerConfig::default().concurrency(settings.concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
@@ -375,4 +656,79 @@ pub async fn run(
             }
         })
         .await;
+}
+
+fn live_keys(store: &Store<RegistryCredential>) -> Vec<(String, String)> {
+    store.state().iter().map(|cr| (cr.namespace().unwrap_or_default(), cr.name_any())).collect()
+}
+
+/// Credentials that reference a Secret by name, in its namespace.
+fn referencing(index: &ReferenceIndex, secret: &PartialObjectMeta<Secret>) -> Vec<ObjectRef<RegistryCredential>> {
+    let (Some(ns), Some(name)) = (secret.metadata.namespace.as_deref(), secret.metadata.name.as_deref()) else {
+        return Vec::new();
+    };
+    index.lookup(ns, name).into_iter().map(|cr| ObjectRef::new(&cr).within(ns)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panic_is_contained() {
+        let r = contain_panic(async { panic!("boom in one reconcile") }).await;
+        assert_eq!(r.unwrap_err(), "boom in one reconcile");
+        let r: Result<u32, String> = contain_panic(async { 7 }).await;
+        assert_eq!(r.unwrap(), 7);
+        // chrono's overflow panic (what a hostile lifetime used to cause)
+        let r = contain_panic(async { chrono::DateTime::<Utc>::MAX_UTC + chrono::Duration::seconds(1) }).await;
+        assert!(r.is_err());
+    }
+
+    #[test]
+    fn stall_is_work_in_flight_with_no_progress() {
+        let p = Arc::new(Progress::new(Duration::from_secs(90)));
+        let t0 = Instant::now();
+        assert!(!p.stalled_at(t0 + Duration::from_secs(3600)), "idle is not stalled");
+        let g = p.begin();
+        assert!(!p.stalled_at(Instant::now() + Duration::from_secs(60)));
+        assert!(p.stalled_at(Instant::now() + Duration::from_secs(120)));
+        drop(g);
+        assert!(!p.stalled_at(Instant::now() + Duration::from_secs(120)));
+    }
+
+    #[test]
+    fn namespaces_get_a_share() {
+        let l = NamespaceLimits { per_namespace: 2, slots: Mutex::new(HashMap::new()) };
+        let a1 = l.try_acquire("a");
+        let a2 = l.try_acquire("a");
+        assert!(a1.is_some() && a2.is_some());
+        assert!(l.try_acquire("a").is_none(), "a third slot for namespace a");
+        assert!(l.try_acquire("b").is_some(), "namespace b is not held up by a");
+        drop(a1);
+        assert!(l.try_acquire("a").is_some());
+    }
+
+    #[test]
+    fn index_maps_secrets_to_credentials() {
+        let cr = |ns: &str, name: &str, secret: &str| -> RegistryCredential {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "regcred.dev/v1alpha1", "kind": "RegistryCredential",
+                "metadata": {"name": name, "namespace": ns},
+                "spec": {"source": {"basic": {"secretRef": {"name": secret}, "registries": ["r"]}}}
+            }))
+            .unwrap()
+        };
+        let idx = ReferenceIndex::default();
+        idx.set(&cr("a", "one", "robot"));
+        idx.set(&cr("a", "two", "robot"));
+        idx.set(&cr("b", "one", "robot"));
+        assert_eq!(idx.lookup("a", "robot"), vec!["one".to_string(), "two".to_string()]);
+        idx.set(&cr("a", "two", "other"));
+        assert_eq!(idx.lookup("a", "robot"), vec!["one".to_string()]);
+        assert_eq!(idx.lookup("a", "other"), vec!["two".to_string()]);
+        idx.remove(&cr("a", "one", "robot"));
+        assert!(idx.lookup("a", "robot").is_empty());
+        assert_eq!(idx.lookup("b", "robot"), vec!["one".to_string()]);
+    }
 }

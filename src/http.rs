@@ -13,13 +13,21 @@ use axum::Router;
 
 use crate::metrics::Metrics;
 
-/// Readiness shared with the endpoints.
+/// Readiness and liveness shared with the endpoints.
 #[derive(Default)]
 pub struct Health {
     ready: AtomicBool,
+    progress: std::sync::OnceLock<Arc<crate::controller::Progress>>,
 }
 
 impl Health {
+    /// Let `/healthz` fail while the controller is stalled.
+    pub fn watch(&self, progress: Arc<crate::controller::Progress>) {
+        let _ = self.progress.set(progress);
+    }
+    pub fn is_stalled(&self) -> bool {
+        self.progress.get().is_some_and(|p| p.stalled())
+    }
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
     }
@@ -41,8 +49,15 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     )
 }
 
-async fn healthz() -> &'static str {
-    "ok"
+/// Alive unless the controller has work in flight and has finished nothing
+/// for longer than any reconcile may take (every reconcile has a deadline,
+/// so that means it is stuck and a restart helps).
+async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
+    if s.health.is_stalled() {
+        (StatusCode::SERVICE_UNAVAILABLE, "stalled: reconciles in flight and none finished")
+    } else {
+        (StatusCode::OK, "ok")
+    }
 }
 
 async fn readyz(State(s): State<AppState>) -> impl IntoResponse {

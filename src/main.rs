@@ -7,7 +7,8 @@ use regcred::cli::{Cli, Command, RunArgs};
 use regcred::controller::{self, Settings};
 use regcred::http::Health;
 use regcred::metrics::Metrics;
-use regcred::source::EcrSettings;
+use regcred::egress::EgressPolicy;
+use regcred::source::{EcrSettings, NetPolicy};
 use tokio::sync::watch;
 use tracing::{error, info};
 
@@ -53,6 +54,7 @@ async fn run_controller(
     client: kube::Client,
     settings: Settings,
     metrics: Arc<Metrics>,
+    progress: Arc<controller::Progress>,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
     shutdown: watch::Receiver<bool>,
 ) {
@@ -61,7 +63,7 @@ async fn run_controller(
         tokio::time::sleep(SHUTDOWN_GRACE).await;
     };
     tokio::select! {
-        _ = controller::run(client, settings, metrics, stop) => {}
+        _ = controller::run(client, settings, metrics, progress, stop) => {}
         _ = deadline => error!("in-flight work did not finish within {SHUTDOWN_GRACE:?}; stopping anyway"),
     }
 }
@@ -81,20 +83,34 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     info!(server = %version.git_version, "connected to the API server");
     health.set_ready(true);
 
+    let egress = EgressPolicy::new(args.egress_deny_cidrs.clone(), args.egress_allow_hosts.clone())
+        .map_err(|e| anyhow::anyhow!("--egress-deny-cidrs: {e}"))?;
     let settings = Settings {
         namespace: args.watch_namespace.clone(),
+        selector: args.selector.clone(),
         concurrency: args.concurrency,
+        namespace_concurrency: args.namespace_concurrency,
         instance: args.instance.clone(),
         ecr: EcrSettings {
             identity_namespaces: args.ecr_identity_namespaces.clone(),
             identity_namespace_selector: args.ecr_identity_namespace_selector.clone(),
             max_attempts: args.aws_max_attempts,
+            web_identity_audiences: args.web_identity_audiences.clone(),
+            endpoint_overrides: args.aws_endpoint_overrides.clone(),
+            role_arns: args.ecr_role_arns.clone(),
             ..Default::default()
         },
+        net: NetPolicy { egress: Arc::new(egress), max_response_bytes: args.max_response_bytes as usize },
+        min_mint_interval: chrono::Duration::seconds(i64::from(args.min_mint_interval_seconds)),
+        mint_timeout: std::time::Duration::from_secs(u64::from(args.mint_timeout_seconds)),
     };
+    // Stalled: work in flight and nothing finished for longer than any
+    // reconcile may take.
+    let progress = Arc::new(controller::Progress::new(settings.reconcile_timeout() + std::time::Duration::from_secs(30)));
+    health.watch(progress.clone());
 
     if !args.leader_elect {
-        run_controller(client, settings, metrics, wait_true(shutdown.clone()), shutdown).await;
+        run_controller(client, settings, metrics, progress, wait_true(shutdown.clone()), shutdown).await;
         info!("regcred stopped");
         return Ok(());
     }
@@ -140,7 +156,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             _ = wait_true(lost) => {}
         }
     };
-    run_controller(client, settings, metrics.clone(), stop, shutdown).await;
+    run_controller(client, settings, metrics.clone(), progress, stop, shutdown).await;
     // Every receiver must be gone for the lease manager to release the lease.
     lost_watch.abort();
     let _ = lost_watch.await;

@@ -28,6 +28,9 @@ pub struct SourceLabels {
 
 pub struct Metrics {
     registry: Registry,
+    /// Credentials that have series, so the series of credentials that are
+    /// gone can be found and removed.
+    seen: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
     pub expiry: Family<CredentialLabels, Gauge>,
     pub renewal: Family<CredentialLabels, Gauge>,
     pub ready: Family<CredentialLabels, Gauge>,
@@ -51,6 +54,7 @@ impl Default for Metrics {
             reconcile_duration: Histogram::new([0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
             leader: Gauge::default(),
             registry: Registry::default(),
+            seen: Default::default(),
         };
         registry.register(
             "credential_expiry_timestamp_seconds",
@@ -84,13 +88,34 @@ impl Metrics {
         out
     }
 
-    /// Drop the per-credential series of a deleted credential.
+    /// Note that a credential has (or is about to have) series.
+    pub fn seen(&self, l: &CredentialLabels) {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).insert((l.namespace.clone(), l.name.clone()));
+    }
+
+    /// Drop every per-credential series of a deleted credential, failures
+    /// of every reason included.
     pub fn forget(&self, namespace: &str, name: &str) {
         let l = CredentialLabels { namespace: namespace.into(), name: name.into() };
         self.expiry.remove(&l);
         self.renewal.remove(&l);
         self.ready.remove(&l);
         self.rotations.remove(&l);
+        for reason in crate::status::reason::FAILURES {
+            self.failures.remove(&FailureLabels { namespace: namespace.into(), name: name.into(), reason: reason.to_string() });
+        }
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).remove(&(namespace.to_string(), name.to_string()));
+    }
+
+    /// Forget every credential not in `live` (after a relist, deletions
+    /// missed while the watch was down show up only as absences).
+    pub fn retain_only(&self, live: &[(String, String)]) {
+        let live: std::collections::HashSet<&(String, String)> = live.iter().collect();
+        let gone: Vec<(String, String)> =
+            self.seen.lock().unwrap_or_else(|p| p.into_inner()).iter().filter(|k| !live.contains(k)).cloned().collect();
+        for (ns, name) in gone {
+            self.forget(&ns, &name);
+        }
     }
 }
 
@@ -108,6 +133,22 @@ mod tests {
         assert!(text.contains(r#"regcred_credential_expiry_timestamp_seconds{namespace="ns",name="c"} 1800000000"#), "{text}");
         assert!(text.contains(r#"regcred_mint_failures_total{namespace="ns",name="c",reason="MintFailed"} 1"#), "{text}");
         m.forget("ns", "c");
-        assert!(!m.encode().contains("regcred_credential_expiry_timestamp_seconds{"));
+        let text = m.encode();
+        assert!(!text.contains("regcred_credential_expiry_timestamp_seconds{"), "{text}");
+        assert!(!text.contains("regcred_mint_failures_total{"), "failure series outlived the credential: {text}");
+    }
+
+    #[test]
+    fn a_relist_forgets_what_is_gone() {
+        let m = Metrics::default();
+        for name in ["kept", "gone"] {
+            let l = CredentialLabels { namespace: "ns".into(), name: name.into() };
+            m.seen(&l);
+            m.ready.get_or_create(&l).set(1);
+            m.failures.get_or_create(&FailureLabels { namespace: "ns".into(), name: name.into(), reason: "SecretRejected".into() }).inc();
+        }
+        m.retain_only(&[("ns".to_string(), "kept".to_string())]);
+        let text = m.encode();
+        assert!(text.contains(r#"name="kept""#) && !text.contains(r#"name="gone""#), "{text}");
     }
 }

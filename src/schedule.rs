@@ -15,11 +15,24 @@ pub struct Policy {
     pub renew_before_percentage: Option<u8>,
     /// Refresh interval for credentials without an expiry.
     pub refresh_interval: Duration,
+    /// The least time between two mints of one credential, whatever its
+    /// source answers (`--min-mint-interval`).
+    pub min_interval: Duration,
 }
 
 /// How often credentials without an expiry (the `basic` source) are re-read
 /// when nothing changes.
 pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::hours(1);
+/// Bounds of the refresh interval (the CRD allows 1m..168h).
+pub const MIN_REFRESH_INTERVAL: Duration = Duration::minutes(1);
+pub const MAX_REFRESH_INTERVAL: Duration = Duration::hours(168);
+/// The longest lifetime regcred believes: a credential that claims to live
+/// longer (a hostile `expires_in: 1e20`, a JWT `exp` in the year 9999) is
+/// treated as living this long, so every instant derived from it is a date
+/// the API server accepts and no arithmetic can overflow.
+pub const MAX_LIFETIME: Duration = Duration::days(365);
+/// Default of `--min-mint-interval`.
+pub const DEFAULT_MIN_MINT_INTERVAL: Duration = Duration::seconds(10);
 /// The longest the safety margin before expiry gets.
 const MAX_SAFETY_MARGIN: Duration = Duration::minutes(5);
 /// The most jitter ever taken off a renewal instant.
@@ -54,6 +67,36 @@ pub fn safety_margin(lifetime: Duration) -> Duration {
     (lifetime / 10).clamp(Duration::seconds(1), MAX_SAFETY_MARGIN)
 }
 
+/// `t + d`, saturating instead of panicking (chrono panics on overflow).
+pub fn add(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    t.checked_add_signed(d).unwrap_or(if d < Duration::zero() { DateTime::<Utc>::MIN_UTC } else { DateTime::<Utc>::MAX_UTC })
+}
+
+/// The expiry of a credential that a source says lives `seconds` from
+/// `issued_at` (any i64, hostile values included), with the lifetime clamped
+/// to `[1 s, MAX_LIFETIME]`.
+pub fn expiry_after(issued_at: DateTime<Utc>, seconds: i64) -> DateTime<Utc> {
+    let secs = seconds.clamp(1, MAX_LIFETIME.num_seconds());
+    add(issued_at, Duration::seconds(secs))
+}
+
+/// An absolute expiry from a source, with the lifetime clamped to at most
+/// `MAX_LIFETIME` (an expiry in the past stays in the past: it is refused).
+pub fn clamp_expiry(issued_at: DateTime<Utc>, expires_at: DateTime<Utc>) -> DateTime<Utc> {
+    expires_at.min(add(issued_at, MAX_LIFETIME))
+}
+
+/// When to mint next, and whether that is early enough.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Renewal {
+    /// The renewal instant, whole seconds.
+    pub at: DateTime<Utc>,
+    /// False when the credential lives too short to be renewed safely: the
+    /// least interval between mints puts the renewal after the safety margin
+    /// before expiry (or after expiry itself).
+    pub safe: bool,
+}
+
 /// When to mint the next credential.
 ///
 /// - `renewBefore`: `not_after - renew_before`; a `renewBefore` as long as the
@@ -63,34 +106,44 @@ pub fn safety_margin(lifetime: Duration) -> Duration {
 /// - default: at two thirds of the lifetime;
 /// - then a deterministic jitter of up to 5% of the lifetime (at most five
 ///   minutes) is taken off, never later than the safety margin before
-///   `not_after`, never before `issued_at`, truncated to whole seconds.
+///   `not_after`, never before `issued_at + min_interval`, truncated to whole
+///   seconds.
 ///
 /// Without an expiry the credential is refreshed every `refresh_interval`.
-pub fn renewal_time(
-    issued_at: DateTime<Utc>,
-    not_after: Option<DateTime<Utc>>,
-    policy: &Policy,
-    seed: u64,
-) -> DateTime<Utc> {
+/// Lifetimes are clamped to `MAX_LIFETIME` first, so nothing here overflows.
+pub fn renewal(issued_at: DateTime<Utc>, not_after: Option<DateTime<Utc>>, policy: &Policy, seed: u64) -> Renewal {
+    let min_interval = policy.min_interval.clamp(Duration::zero(), MAX_REFRESH_INTERVAL);
+    let earliest = add(issued_at, min_interval);
     let Some(not_after) = not_after else {
-        return whole_seconds(issued_at + policy.refresh_interval);
+        let every = policy.refresh_interval.clamp(MIN_REFRESH_INTERVAL, MAX_REFRESH_INTERVAL).max(min_interval);
+        return Renewal { at: whole_seconds(add(issued_at, every)), safe: true };
     };
+    let not_after = clamp_expiry(issued_at, not_after);
     let lifetime = not_after - issued_at;
     if lifetime <= Duration::zero() {
-        return whole_seconds(issued_at);
+        return Renewal { at: whole_seconds(earliest), safe: false };
     }
-    let default = issued_at + lifetime * 2 / 3;
-    let base = match (policy.renew_before, policy.renew_before_percentage) {
-        (Some(before), _) if before < lifetime => not_after - before,
+    // From here on every duration is at most MAX_LIFETIME; `add` still
+    // guards the instants at the ends of chrono's range.
+    let default = add(issued_at, lifetime * 2 / 3);
+    let before = policy.renew_before.map(|b| b.clamp(Duration::zero(), MAX_LIFETIME));
+    let base = match (before, policy.renew_before_percentage) {
+        (Some(before), _) if before < lifetime => add(not_after, -before),
         (Some(_), _) => default,
-        (None, Some(p)) => issued_at + lifetime * i32::from(100 - p.min(99)) / 100,
+        (None, Some(p)) => add(issued_at, lifetime * i32::from(100 - p.clamp(1, 99)) / 100),
         (None, None) => default,
     };
     let max_jitter = (lifetime / 20).min(MAX_JITTER).num_seconds();
     let jitter = if max_jitter > 0 { (seed % (max_jitter as u64 + 1)) as i64 } else { 0 };
-    let latest = not_after - safety_margin(lifetime);
-    let at = (base - Duration::seconds(jitter)).min(latest).max(issued_at);
-    whole_seconds(at)
+    let latest = add(not_after, -safety_margin(lifetime));
+    let at = add(base, -Duration::seconds(jitter)).min(latest).max(issued_at);
+    let at = whole_seconds(at.max(earliest));
+    Renewal { at, safe: at <= latest }
+}
+
+/// The renewal instant alone (see [`renewal`]).
+pub fn renewal_time(issued_at: DateTime<Utc>, not_after: Option<DateTime<Utc>>, policy: &Policy, seed: u64) -> DateTime<Utc> {
+    renewal(issued_at, not_after, policy, seed).at
 }
 
 /// Delay before retry number `failures` (1 = after the first failure):
@@ -161,6 +214,10 @@ pub struct Observed {
     pub attempted_inputs: Option<String>,
     pub failed_attempts: u32,
     pub last_failure: Option<DateTime<Utc>>,
+    /// When the last mint was attempted (successful or not).
+    pub last_attempt: Option<DateTime<Utc>>,
+    /// The least time between two mints.
+    pub min_interval: Duration,
     pub seed: u64,
 }
 
@@ -196,6 +253,8 @@ pub enum Decision {
 pub const BLOCKED_RECHECK: Duration = Duration::minutes(1);
 
 /// The ordered decision:
+/// 0. whatever the rest says, no mint sooner than `min_interval` after the
+///    last attempt (a source answering 1 s lifetimes cannot make a loop);
 /// 1. a foreign Secret blocks everything;
 /// 2. changed inputs (spec or referenced Secrets) mint now, even during backoff;
 /// 3. within the backoff after a failure, wait;
@@ -204,6 +263,17 @@ pub const BLOCKED_RECHECK: Duration = Duration::minutes(1);
 /// 6. at or after the renewal instant, mint;
 /// 7. otherwise wait for the renewal instant.
 pub fn decide(now: DateTime<Utc>, o: &Observed) -> Decision {
+    let d = decide_unlimited(now, o);
+    if let (Decision::Mint(_), Some(last)) = (&d, o.last_attempt) {
+        let earliest = add(last, o.min_interval);
+        if now < earliest {
+            return Decision::WaitUntil(earliest);
+        }
+    }
+    d
+}
+
+fn decide_unlimited(now: DateTime<Utc>, o: &Observed) -> Decision {
     let ours = match &o.secret {
         SecretState::Foreign => return Decision::Blocked,
         SecretState::Missing => None,
@@ -215,7 +285,7 @@ pub fn decide(now: DateTime<Utc>, o: &Observed) -> Decision {
     if o.failed_attempts > 0 {
         if let Some(last) = o.last_failure {
             let current = ours.filter(|s| s.intact).and_then(|s| s.not_after);
-            let retry_at = last + backoff(o.failed_attempts, o.seed, last, current);
+            let retry_at = add(last, backoff(o.failed_attempts, o.seed, last, current));
             if now < retry_at {
                 return Decision::BackOffUntil(retry_at);
             }
@@ -251,6 +321,7 @@ mod tests {
             renew_before: before.map(secs),
             renew_before_percentage: pct,
             refresh_interval: DEFAULT_REFRESH_INTERVAL,
+            min_interval: Duration::zero(),
         }
     }
 
@@ -359,6 +430,8 @@ mod tests {
             attempted_inputs: attempted.map(Into::into),
             failed_attempts: failures,
             last_failure: last.map(t),
+            last_attempt: None,
+            min_interval: Duration::zero(),
             seed: 0,
         };
         let now = t(100);
@@ -388,6 +461,69 @@ mod tests {
         for (i, (o, want)) in cases.iter().enumerate() {
             assert_eq!(&decide(now, o), want, "case {i}");
         }
+    }
+
+    #[test]
+    fn at_most_one_mint_per_interval() {
+        let o = |last: Option<i64>, secret: SecretState| Observed {
+            secret,
+            desired_inputs: "g2".into(),
+            attempted_inputs: Some("g2".into()),
+            failed_attempts: 0,
+            last_failure: None,
+            last_attempt: last.map(t),
+            min_interval: secs(10),
+            seed: 0,
+        };
+        let now = t(100);
+        // renewal due, but the last mint was 3 s ago: wait for the interval
+        assert_eq!(decide(now, &o(Some(97), ours(true, "g2", 90))), Decision::WaitUntil(t(107)));
+        // even a deleted Secret waits for the interval
+        assert_eq!(decide(now, &o(Some(95), SecretState::Missing)), Decision::WaitUntil(t(105)));
+        // interval over: mint
+        assert_eq!(decide(now, &o(Some(90), ours(true, "g2", 90))), Decision::Mint(MintReason::Renewal));
+        // waiting decisions are not changed
+        assert_eq!(decide(now, &o(Some(99), ours(true, "g2", 500))), Decision::WaitUntil(t(500)));
+        assert_eq!(decide(now, &o(Some(99), SecretState::Foreign)), Decision::Blocked);
+    }
+
+    #[test]
+    fn hostile_lifetimes_never_overflow() {
+        let p = Policy { min_interval: secs(10), ..policy(None, None) };
+        let max = DateTime::<Utc>::MAX_UTC;
+        for issued in [t(0), DateTime::<Utc>::MIN_UTC, max] {
+            for na in [None, Some(max), Some(DateTime::<Utc>::MIN_UTC), Some(issued)] {
+                for before in [None, Some(Duration::MAX), Some(Duration::MIN)] {
+                    let q = Policy { renew_before: before, refresh_interval: Duration::MAX, ..p };
+                    let _ = renewal(issued, na, &q, u64::MAX);
+                }
+            }
+        }
+        for s in [i64::MIN, -1, 0, 1, i64::MAX] {
+            let e = expiry_after(t(0), s);
+            assert!(e >= t(1) && e <= t(0) + MAX_LIFETIME, "{s}: {e}");
+        }
+        // a year-9999 expiry is believed for a year at most
+        assert_eq!(clamp_expiry(t(0), max), t(0) + MAX_LIFETIME);
+        assert_eq!(add(max, secs(1)), max);
+    }
+
+    #[test]
+    fn short_lifetimes_are_flagged_not_looped() {
+        let p = Policy { min_interval: secs(10), ..policy(None, None) };
+        // 1 s tokens: renewal no sooner than 10 s after issue, and flagged
+        let r = renewal(t(0), Some(t(1)), &p, 0);
+        assert_eq!(r, Renewal { at: t(10), safe: false });
+        // 20 s tokens renew safely at 2/3
+        let r = renewal(t(0), Some(t(20)), &p, 0);
+        assert_eq!(r.at, t(13));
+        assert!(r.safe);
+        // renewBeforePercentage 80 on 40 s: 8 s would be too soon, 10 s is safe
+        let r = renewal(t(0), Some(t(40)), &Policy { renew_before_percentage: Some(80), ..p }, 0);
+        assert_eq!(r, Renewal { at: t(10), safe: true });
+        // refresh intervals are clamped to 1m..168h
+        let q = Policy { refresh_interval: Duration::zero(), ..p };
+        assert_eq!(renewal(t(0), None, &q, 0).at, t(60));
     }
 
     #[test]

@@ -156,6 +156,8 @@ pub enum WriteError {
     Empty,
     #[error("the rendered .dockerconfigjson is {bytes} bytes, over the Secret size limit")]
     TooLarge { bytes: usize },
+    #[error("the API server refused the Secret: {code} {reason}: {message}")]
+    Rejected { code: u16, reason: String, message: String },
     #[error("writing the Secret: API server answered {code} {reason}")]
     Api { code: u16, reason: String },
     #[error("writing the Secret: the API server could not be reached")]
@@ -166,6 +168,11 @@ fn write_error(e: kube::Error) -> WriteError {
     match e {
         kube::Error::Api(s) if s.code == 409 && s.reason == "AlreadyExists" => WriteError::Conflict,
         kube::Error::Api(s) if s.code == 409 => WriteError::Stale,
+        // Refusals that retrying soon will not change: admission, quota,
+        // RBAC, size. The message names fields, not data.
+        kube::Error::Api(s) if matches!(s.code, 400 | 403 | 413 | 422) => {
+            WriteError::Rejected { code: s.code, reason: s.reason, message: s.message.chars().take(400).collect() }
+        }
         kube::Error::Api(s) => WriteError::Api { code: s.code, reason: s.reason },
         _ => WriteError::Unreachable,
     }

@@ -7,10 +7,44 @@ use serde_json::json;
 
 use crate::api::{Condition, RegistryCredential, RegistryCredentialStatus, FIELD_MANAGER, READY};
 
-/// Reasons of the Ready condition besides the source error categories.
+/// Reasons of the Ready condition besides the source error categories, and
+/// of Events.
 pub mod reason {
     pub const ROTATED: &str = "Rotated";
     pub const SECRET_CONFLICT: &str = "SecretConflict";
+    /// The API server refused the Secret regcred wrote.
+    pub const SECRET_REJECTED: &str = "SecretRejected";
+    /// A reconcile panicked; the credential is retried with backoff.
+    pub const INTERNAL_ERROR: &str = "InternalError";
+    /// Event reason of failed attempts.
+    pub const MINT_FAILED: &str = "MintFailed";
+    /// Credentials live too short to be renewed safely.
+    pub const LIFETIME_TOO_SHORT: &str = "LifetimeTooShort";
+    /// Every reason a failure metric can carry (the source categories and
+    /// the two above), so a deleted credential's series can all be removed.
+    pub const FAILURES: &[&str] = &[
+        "MintFailed", "AccessDenied", "Throttled", "ExpiredToken", "CredentialsNotFound", "InvalidResponse",
+        "InvalidSpec", "IdentityNotAllowed", "EgressDenied", SECRET_REJECTED, INTERNAL_ERROR,
+    ];
+}
+
+/// Condition type set while credentials live too short to be renewed
+/// safely (a warning: the credential still rotates).
+pub const SHORT_LIVED: &str = "ShortLived";
+
+/// Set or clear the ShortLived warning condition.
+pub fn set_short_lived(s: &mut RegistryCredentialStatus, warning: Option<String>, now: DateTime<Utc>) {
+    match warning {
+        Some(message) => s.set_condition(Condition {
+            type_: SHORT_LIVED.into(),
+            status: "True".into(),
+            reason: reason::LIFETIME_TOO_SHORT.into(),
+            message,
+            last_transition_time: now,
+            observed_generation: s.observed_generation,
+        }),
+        None => s.conditions.retain(|c| c.type_ != SHORT_LIVED),
+    }
 }
 
 fn condition(status: bool, reason: &str, message: String, generation: Option<i64>, now: DateTime<Utc>) -> Condition {
@@ -130,5 +164,17 @@ mod tests {
         assert_eq!((back.failed_attempts, back.last_failure_time), (0, None));
         assert_eq!(back.conditions[0].status, "True");
         assert_eq!(back.conditions.len(), 1);
+    }
+
+    #[test]
+    fn short_lived_warning_comes_and_goes() {
+        let mut s = rotated(&Default::default(), Some(1), "g1", "pull", vec!["r".into()], Some(t(1)), t(10), t(0));
+        set_short_lived(&mut s, Some("lives 1s".into()), t(0));
+        assert_eq!(s.conditions.len(), 2);
+        let c = s.conditions.iter().find(|c| c.type_ == SHORT_LIVED).unwrap();
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "LifetimeTooShort"));
+        set_short_lived(&mut s, None, t(20));
+        assert_eq!(s.conditions.len(), 1);
+        assert_eq!(s.conditions[0].type_, "Ready");
     }
 }

@@ -31,12 +31,20 @@ pub const RENEWAL_ANNOTATION: &str = "regcred.dev/renewal-time";
 pub const INPUTS_ANNOTATION: &str = "regcred.dev/inputs";
 /// Digest of the data regcred wrote, to notice edits by others.
 pub const DATA_DIGEST_ANNOTATION: &str = "regcred.dev/data-digest";
+/// A ServiceAccount's opt-in to `ecr.webIdentity`: `"true"`.
+pub const WEB_IDENTITY_ANNOTATION: &str = "regcred.dev/web-identity";
 
 /// DNS-1123 subdomain: what Kubernetes accepts as a Secret name.
 pub const DNS1123_SUBDOMAIN: &str =
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 /// Go `time.ParseDuration` syntax, positive values only (e.g. `90s`, `1h30m`).
 pub const GO_DURATION: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$";
+/// A username the kubelet can use: it splits `auth` at the first `:`, so a
+/// username may hold neither a colon nor control characters.
+pub const USERNAME: &str = r"^[^:[:cntrl:]]+$";
+// Every duration in the spec has an upper bound, checked at admission with
+// CEL; the runtime clamps again, so an object stored before a bound existed
+// cannot overflow anything either.
 
 /// What to mint, where to write it and when to renew it.
 #[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
@@ -79,9 +87,11 @@ pub struct RegistryCredentialSpec {
     /// (e.g. `1h`, `30m`, `90s`). Mutually exclusive with
     /// `renewBeforePercentage`. When neither is set, the credential is renewed
     /// once two thirds of its lifetime have passed. regcred always renews at
-    /// least a safety margin before expiry, even if this asks for later.
+    /// least a safety margin before expiry, even if this asks for later. At
+    /// most `8760h`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 64), pattern(GO_DURATION))]
+    #[x_kube(validation = kube::core::Rule::new("duration(self) <= duration('8760h')").message("renewBefore must be at most 8760h"))]
     pub renew_before: Option<String>,
 
     /// Renew when this percentage of the credential's lifetime remains
@@ -102,11 +112,24 @@ pub struct RegistryCredentialSpec {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretTemplate {
-    /// Labels added to the Secret.
+    /// Labels added to the Secret: at most 32, with Kubernetes label syntax
+    /// (keys `[prefix/]name`, values of at most 63 characters).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 32, "additionalProperties" = {"type": "string", "maxLength": 63}))]
+    #[x_kube(validation = kube::core::Rule::new(
+        "self.all(k, size(k) <= 317 && k.matches('^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$'))"
+    ).message("label keys must be qualified names such as example.com/team"))]
+    #[x_kube(validation = kube::core::Rule::new(
+        "self.all(k, self[k].matches('^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$'))"
+    ).message("label values must be at most 63 characters of letters, digits, '-', '_' or '.', starting and ending with a letter or digit"))]
     pub labels: BTreeMap<String, String>,
-    /// Annotations added to the Secret.
+    /// Annotations added to the Secret: at most 32, keys with Kubernetes
+    /// annotation syntax, values of at most 4096 characters.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 32, "additionalProperties" = {"type": "string", "maxLength": 4096}))]
+    #[x_kube(validation = kube::core::Rule::new(
+        "self.all(k, size(k) <= 317 && k.matches('^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$'))"
+    ).message("annotation keys must be qualified names such as example.com/owner"))]
     pub annotations: BTreeMap<String, String>,
 }
 

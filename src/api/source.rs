@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{DNS1123_SUBDOMAIN, GO_DURATION};
+use super::{DNS1123_SUBDOMAIN, GO_DURATION, USERNAME};
 
 /// A registry host as it appears as a key in `.dockerconfigjson`
 /// (`registry.example.com`, `registry.example.com:5000`,
@@ -89,10 +89,14 @@ pub struct EcrSource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public: Option<bool>,
     /// Override the ECR API endpoint (VPC endpoints, FIPS endpoints, tests).
+    /// Only endpoints the operator's admin allows
+    /// (`--aws-endpoint-overrides`) are used; others are refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 2048), pattern(r"^https?://"))]
     pub endpoint: Option<String>,
-    /// Override the STS endpoint used for `roleArn` and `webIdentity`.
+    /// Override the STS endpoint used for `roleArn` and `webIdentity`. Only
+    /// endpoints the operator's admin allows (`--aws-endpoint-overrides`) are
+    /// used; others are refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 2048), pattern(r"^https?://"))]
     pub sts_endpoint: Option<String>,
@@ -107,7 +111,10 @@ pub struct EcrSource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret_ref: Option<SecretRef>,
     /// IAM role to assume (STS `AssumeRole`) on top of the base credentials,
-    /// e.g. for pulling from another account.
+    /// e.g. for pulling from another account. The role session name is always
+    /// `regcred-<namespace>-<name>` (shortened with a hash to AWS's 64
+    /// characters), so IAM trust policies and CloudTrail can tell credentials
+    /// apart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 20, max = 2048), pattern(r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/.+$"))]
     pub role_arn: Option<String>,
@@ -115,12 +122,10 @@ pub struct EcrSource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 2, max = 1224))]
     pub external_id: Option<String>,
-    /// Session name for the assumed role. Defaults to `regcred-<namespace>-<name>`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 2, max = 64), pattern(r"^[\w+=,.@-]+$"))]
-    pub role_session_name: Option<String>,
     /// Exchange a token of a ServiceAccount in this namespace for `roleArn`
     /// (STS `AssumeRoleWithWebIdentity`), so each team uses its own IAM role.
+    /// The ServiceAccount must opt in with the annotation
+    /// `regcred.dev/web-identity: "true"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub web_identity: Option<WebIdentity>,
 }
@@ -132,7 +137,9 @@ pub struct WebIdentity {
     /// ServiceAccount in this namespace whose token is requested.
     #[schemars(length(min = 1, max = 253), pattern(DNS1123_SUBDOMAIN))]
     pub service_account_name: String,
-    /// Audience of the requested token. Defaults to `sts.amazonaws.com`.
+    /// Audience of the requested token. Defaults to `sts.amazonaws.com`; only
+    /// audiences the operator's admin allows (`--web-identity-audiences`) are
+    /// accepted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 256))]
     pub audience: Option<String>,
@@ -174,9 +181,10 @@ pub enum ClientAuthMethod {
     .field_path(".tokenURL"))]
 #[serde(rename_all = "camelCase")]
 pub struct OAuth2Source {
-    /// Token endpoint URL.
+    /// Token endpoint URL. Credentials never go in the URL (no `user:pass@`):
+    /// they come from `clientSecretRef`.
     #[serde(rename = "tokenURL")]
-    #[schemars(length(min = 1, max = 2048), pattern(r"^https?://[^\s/?#]+([/?#]\S*)?$"))]
+    #[schemars(length(min = 1, max = 2048), pattern(r"^https?://[^\s/?#@]+([/?#]\S*)?$"))]
     pub token_url: String,
     /// Secret in this namespace with the client id and secret.
     pub client_secret_ref: ClientSecretRef,
@@ -197,9 +205,10 @@ pub struct OAuth2Source {
     #[schemars(extend("maxProperties" = 32))]
     pub extra_params: BTreeMap<String, String>,
     /// Username written next to the access token. Defaults to
-    /// `oauth2accesstoken` (what Google Artifact Registry expects).
+    /// `oauth2accesstoken` (what Google Artifact Registry expects). No `:` and
+    /// no control characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 256))]
+    #[schemars(length(min = 1, max = 256), pattern(USERNAME))]
     pub username: Option<String>,
     /// Registry hosts the token is written for.
     #[schemars(length(min = 1, max = 20), inner(length(min = 1, max = 253), pattern(REGISTRY_HOST)))]
@@ -236,9 +245,10 @@ pub struct HttpClientSettings {
     /// CA bundle and client certificate for the endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
-    /// Request timeout as a Go duration. Defaults to `10s`.
+    /// Request timeout as a Go duration, from `1s` to `60s`. Defaults to `10s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 64), pattern(GO_DURATION))]
+    #[x_kube(validation = kube::core::Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('60s')").message("timeout must be between 1s and 60s"))]
     pub timeout: Option<String>,
 }
 
@@ -261,8 +271,9 @@ pub enum HttpMethod {
     .field_path(".url"))]
 #[serde(rename_all = "camelCase")]
 pub struct HttpSource {
-    /// Token endpoint URL.
-    #[schemars(length(min = 1, max = 2048), pattern(r"^https?://[^\s/?#]+([/?#]\S*)?$"))]
+    /// Token endpoint URL. Credentials never go in the URL (no `user:pass@`):
+    /// use `auth` or `headers`.
+    #[schemars(length(min = 1, max = 2048), pattern(r"^https?://[^\s/?#@]+([/?#]\S*)?$"))]
     pub url: String,
     /// `GET` (default) or `POST`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -333,8 +344,9 @@ pub struct ResponseMapping {
     #[schemars(length(max = 512), pattern(r"^(/.*)?$"))]
     pub username_pointer: Option<String>,
     /// A fixed username, when the response has none. Defaults to `token`.
+    /// No `:` and no control characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 256))]
+    #[schemars(length(min = 1, max = 256), pattern(USERNAME))]
     pub username: Option<String>,
     /// Pointer to a lifetime in seconds. Defaults to `/expires_in`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -346,9 +358,10 @@ pub struct ResponseMapping {
     pub expires_at_pointer: Option<String>,
     /// Lifetime assumed when the response gives no expiry and the token is
     /// not a JWT with an `exp` claim. Defaults to `60s`, as the Docker token
-    /// specification prescribes.
+    /// specification prescribes. From `1s` to `8760h`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 64), pattern(GO_DURATION))]
+    #[x_kube(validation = kube::core::Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('8760h')").message("defaultLifetime must be between 1s and 8760h"))]
     pub default_lifetime: Option<String>,
 }
 
@@ -364,9 +377,11 @@ pub struct BasicSource {
     #[schemars(length(min = 1, max = 20), inner(length(min = 1, max = 253), pattern(REGISTRY_HOST)))]
     pub registries: Vec<String>,
     /// How often to re-read the Secret even without a change event, as a Go
-    /// duration. Defaults to `1h`. Changes to the Secret are picked up at once.
+    /// duration from `1m` to `168h`. Defaults to `1h`. Changes to the Secret
+    /// are picked up at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 64), pattern(GO_DURATION))]
+    #[x_kube(validation = kube::core::Rule::new("duration(self) >= duration('1m') && duration(self) <= duration('168h')").message("refreshInterval must be between 1m and 168h"))]
     pub refresh_interval: Option<String>,
     /// Log in to each registry (Docker Registry HTTP API v2, as `docker
     /// login` does) before writing the credentials, so a wrong password never

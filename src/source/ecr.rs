@@ -44,6 +44,14 @@ pub struct EcrSettings {
     pub max_attempts: u32,
     /// Timeout of one AWS operation, retries included.
     pub operation_timeout: StdDuration,
+    /// Audiences a web-identity token may be requested for.
+    pub web_identity_audiences: Vec<String>,
+    /// ECR/STS endpoint overrides tenants may use: origins
+    /// (`https://host[:port]`), or `*` for any. Default: none.
+    pub endpoint_overrides: Vec<String>,
+    /// Role ARN patterns (`*` matches anything) the operator's own identity
+    /// may assume; empty: any.
+    pub role_arns: Vec<String>,
 }
 
 impl Default for EcrSettings {
@@ -53,6 +61,9 @@ impl Default for EcrSettings {
             identity_namespace_selector: None,
             max_attempts: 3,
             operation_timeout: StdDuration::from_secs(30),
+            web_identity_audiences: vec![DEFAULT_AUDIENCE.to_string()],
+            endpoint_overrides: Vec::new(),
+            role_arns: Vec::new(),
         }
     }
 }
@@ -112,34 +123,100 @@ impl EcrMinter {
             })
     }
 
-    /// Run `mint` at most once per key while its result is less than half
-    /// through its lifetime; callers with the same key get the same token.
-    async fn shared<F>(&self, key: String, now: DateTime<Utc>, mint: F) -> Result<Minted, SourceError>
+    /// Run `mint` at most once per key while its result is still good for
+    /// the asking credential (`usable`: its renewal instant for that
+    /// credential is ahead); callers with the same key share the token. A
+    /// failed mint leaves no slot behind, and the cache holds at most
+    /// `MAX_SLOTS` keys (past that, mints are not shared).
+    async fn shared<F>(&self, key: String, now: DateTime<Utc>, usable: impl Fn(&Minted) -> bool, mint: F) -> Result<Minted, SourceError>
     where
         F: std::future::Future<Output = Result<Minted, SourceError>>,
     {
         let slot = {
-            let mut map = self.inner.shared.lock().expect("ECR cache lock");
+            let mut map = self.inner.shared.lock().unwrap_or_else(|p| p.into_inner());
             // Forget slots whose token has expired, so the map stays small.
             map.retain(|_, v| match v.try_lock() {
-                Ok(g) => g.as_ref().and_then(|m| m.expires_at).is_none_or(|e| e > now),
+                // An empty slot may be one another task is about to fill.
+                Ok(g) => g.as_ref().is_none_or(|m| m.expires_at.is_some_and(|e| e > now)),
                 Err(_) => true,
             });
-            map.entry(key).or_default().clone()
+            if map.len() >= MAX_SLOTS && !map.contains_key(&key) {
+                Arc::new(tokio::sync::Mutex::new(None))
+            } else {
+                map.entry(key.clone()).or_default().clone()
+            }
         };
         let mut cached = slot.lock().await;
         if let Some(m) = cached.as_ref() {
-            if let Some(exp) = m.expires_at {
-                let half = m.issued_at + (exp - m.issued_at) / 2;
-                if now < half {
-                    return Ok(m.clone());
-                }
+            if m.expires_at.is_some_and(|e| e > now) && usable(m) {
+                return Ok(m.clone());
             }
         }
-        let fresh = mint.await?;
-        *cached = Some(fresh.clone());
-        Ok(fresh)
+        match mint.await {
+            Ok(fresh) => {
+                *cached = Some(fresh.clone());
+                Ok(fresh)
+            }
+            Err(e) => {
+                *cached = None;
+                drop(cached);
+                let mut map = self.inner.shared.lock().unwrap_or_else(|p| p.into_inner());
+                if map.get(&key).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
+                    map.remove(&key);
+                }
+                Err(e)
+            }
+        }
     }
+
+    /// Number of cached slots (for tests).
+    pub fn cached_slots(&self) -> usize {
+        self.inner.shared.lock().map(|m| m.len()).unwrap_or(0)
+    }
+}
+
+/// Most ECR token slots kept at once.
+const MAX_SLOTS: usize = 4096;
+
+/// The AWS role session name of a credential: `regcred-<namespace>-<name>`,
+/// cut to AWS's 64 characters with a hash of the whole, so it always tells
+/// credentials apart and no tenant chooses it.
+pub fn session_name(namespace: &str, name: &str) -> String {
+    let full = format!("regcred-{namespace}-{name}");
+    if full.len() <= 64 {
+        return full;
+    }
+    let hash = format!("{:08x}", crate::schedule::seed(&full) as u32);
+    format!("{}-{hash}", &full[..64 - 9])
+}
+
+/// `*` matches any run of characters; everything else literally.
+pub fn glob(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !text.starts_with(first) || text.len() < first.len() + last.len() || !text.ends_with(last) {
+        return false;
+    }
+    let mut rest = &text[first.len()..text.len() - last.len()];
+    for mid in &parts[1..parts.len() - 1] {
+        match rest.find(mid) {
+            Some(i) => rest = &rest[i + mid.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+/// Is this endpoint override allowed by the admin? Origins are compared
+/// whole (scheme, host and port), so `http://127.0.0.1:1` never admits
+/// `http://127.0.0.1:12`.
+pub fn override_allowed(allowed: &[String], endpoint: &str) -> bool {
+    let origin = |u: &str| url::Url::parse(u).ok().map(|u| u.origin());
+    let Some(want) = origin(endpoint) else { return false };
+    allowed.iter().any(|a| a == "*" || origin(a).is_some_and(|o| o == want))
 }
 
 /// Does an equality-based selector match these labels?
@@ -177,6 +254,15 @@ impl EcrSource {
         if spec.web_identity.is_some() && spec.role_arn.is_none() {
             return Err(SourceError::InvalidSpec { field: "spec.source.ecr.roleArn", problem: "webIdentity requires roleArn".into() });
         }
+        // Overrides send AWS credentials (and web identity tokens) to the
+        // named host: only where the admin allows.
+        for u in [&spec.endpoint, &spec.sts_endpoint].into_iter().flatten() {
+            let host = url::Url::parse(u).ok().and_then(|x| x.host_str().map(str::to_string)).unwrap_or_else(|| u.clone());
+            let parsed = url::Url::parse(u).map_err(|_| SourceError::InvalidSpec { field: "spec.source.ecr.endpoint", problem: "not a URL".into() })?;
+            if !override_allowed(&cx.ecr.inner.settings.endpoint_overrides, u) || cx.net.egress.check_url(&parsed).is_err() {
+                return Err(SourceError::EgressDenied { host });
+            }
+        }
         Ok(Self { spec, cx })
     }
 
@@ -185,11 +271,7 @@ impl EcrSource {
     }
 
     fn session_name(&self) -> String {
-        self.spec.role_session_name.clone().unwrap_or_else(|| {
-            let mut s = format!("regcred-{}", self.cx.namespace);
-            s.truncate(64);
-            s
-        })
+        session_name(&self.cx.namespace, &self.cx.name)
     }
 
     fn retry(&self) -> (RetryConfig, TimeoutConfig) {
@@ -220,6 +302,7 @@ impl EcrSource {
     async fn identity(&self) -> Result<(String, Identity), SourceError> {
         let ns = &self.cx.namespace;
         if let Some(w) = &self.spec.web_identity {
+            self.web_identity_allowed(w).await?;
             return Ok((format!("web:{ns}/{}", w.service_account_name), Identity::Web(w.clone())));
         }
         if let Some(r) = &self.spec.credentials_secret_ref {
@@ -239,7 +322,48 @@ impl EcrSource {
         if !self.cx.ecr.identity_allowed(ns).await? {
             return Err(SourceError::IdentityNotAllowed { namespace: ns.clone() });
         }
+        let allowed_roles = &self.cx.ecr.inner.settings.role_arns;
+        if let Some(role) = &self.spec.role_arn {
+            if !allowed_roles.is_empty() && !allowed_roles.iter().any(|p| glob(p, role)) {
+                return Err(SourceError::NotAllowed(format!(
+                    "the operator's identity may not assume role {role}: it is not in the operator's allowed role ARNs"
+                )));
+            }
+        }
         Ok(("operator".to_string(), Identity::Operator))
+    }
+
+    /// A web identity token is requested only for an audience the admin
+    /// allows, and only for a ServiceAccount that opted in with
+    /// `regcred.dev/web-identity: "true"` (only those who may edit
+    /// ServiceAccounts can set it). Checked before any TokenRequest.
+    async fn web_identity_allowed(&self, w: &crate::api::WebIdentity) -> Result<(), SourceError> {
+        let audience = w.audience.as_deref().unwrap_or(DEFAULT_AUDIENCE);
+        if !self.cx.ecr.inner.settings.web_identity_audiences.iter().any(|a| a == audience) {
+            return Err(SourceError::NotAllowed(format!(
+                "web identity audience {audience:?} is not allowed by the operator (--web-identity-audiences)"
+            )));
+        }
+        let api: Api<ServiceAccount> = Api::namespaced(self.cx.ecr.inner.client.clone(), &self.cx.namespace);
+        let sa = api.get_metadata_opt(&w.service_account_name).await.map_err(|e| SourceError::SecretRead {
+            name: format!("serviceaccount/{}", w.service_account_name),
+            reason: summarize_kube_error(&e),
+        })?;
+        let Some(sa) = sa else {
+            return Err(SourceError::SecretNotFound {
+                namespace: self.cx.namespace.clone(),
+                name: format!("serviceaccount/{}", w.service_account_name),
+            });
+        };
+        let opted_in = sa.metadata.annotations.as_ref().and_then(|a| a.get(crate::api::WEB_IDENTITY_ANNOTATION)).map(String::as_str) == Some("true");
+        if !opted_in {
+            return Err(SourceError::NotAllowed(format!(
+                "ServiceAccount {:?} has not opted in to web identity: annotate it with {}=\"true\"",
+                w.service_account_name,
+                crate::api::WEB_IDENTITY_ANNOTATION
+            )));
+        }
+        Ok(())
     }
 
     async fn credentials(&self, identity: Identity) -> Result<SharedCredentialsProvider, SourceError> {
@@ -384,9 +508,11 @@ impl TokenSource for EcrSource {
                 s.sts_endpoint.as_deref().unwrap_or(""),
             );
             let now = (self.cx.now)();
+            let (policy, seed) = (self.cx.policy, self.cx.seed);
+            let usable = move |m: &Minted| crate::schedule::renewal(m.issued_at, m.expires_at, &policy, seed).at > now;
             self.cx
                 .ecr
-                .shared(key, now, async move {
+                .shared(key, now, usable, async move {
                     let creds = self.credentials(identity).await?;
                     self.get_token(creds).await
                 })
@@ -469,6 +595,56 @@ mod tests {
         }
         assert_eq!(registry_host("https://1.dkr.ecr.eu-west-1.amazonaws.com"), "1.dkr.ecr.eu-west-1.amazonaws.com");
         assert_eq!(registry_host("http://127.0.0.1:5000/"), "127.0.0.1:5000");
+    }
+
+    #[tokio::test]
+    async fn the_token_cache_is_bounded_and_never_hands_out_a_due_token() {
+        crate::install_crypto_provider();
+        let client = Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
+        let m = EcrMinter::new(client, EcrSettings::default());
+        let t0 = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let secs = chrono::Duration::seconds;
+        let token = |issued: DateTime<Utc>| Minted { entries: vec![], issued_at: issued, expires_at: Some(issued + secs(40)) };
+        // A failed mint leaves no slot behind.
+        let failed = m.shared("k".into(), t0, |_| true, async { Err(SourceError::Deadline("x".into())) }).await;
+        assert!(failed.is_err());
+        assert_eq!(m.cached_slots(), 0);
+        // A token is shared while it is good for the asker ...
+        m.shared("k".into(), t0, |_| true, async { Ok(token(t0)) }).await.unwrap();
+        let again = m.shared("k".into(), t0 + secs(5), |_| true, async { unreachable!("minted twice") }).await.unwrap();
+        assert_eq!(again.issued_at, t0);
+        // ... and never once its renewal instant for the asker has passed.
+        let fresh = m.shared("k".into(), t0 + secs(5), |_| false, async { Ok(token(t0 + secs(5))) }).await.unwrap();
+        assert_eq!(fresh.issued_at, t0 + secs(5));
+        // Bounded: past MAX_SLOTS keys, mints still work but are not kept.
+        for i in 0..MAX_SLOTS + 10 {
+            m.shared(format!("key-{i}"), t0, |_| true, async { Ok(token(t0)) }).await.unwrap();
+        }
+        assert_eq!(m.cached_slots(), MAX_SLOTS);
+    }
+
+    #[test]
+    fn session_names_are_derived_and_short() {
+        assert_eq!(session_name("shop", "ecr-pull"), "regcred-shop-ecr-pull");
+        let long = session_name(&"n".repeat(63), &"c".repeat(253));
+        assert_eq!(long.len(), 64);
+        assert!(long.starts_with("regcred-nnn"));
+        assert_ne!(long, session_name(&"n".repeat(63), &format!("{}d", "c".repeat(252))));
+        assert!(long.chars().all(|c| c.is_ascii_alphanumeric() || "+=,.@-_".contains(c)));
+    }
+
+    #[test]
+    fn globs_and_overrides() {
+        assert!(glob("arn:aws:iam::123456789012:role/*", "arn:aws:iam::123456789012:role/pull"));
+        assert!(!glob("arn:aws:iam::123456789012:role/*", "arn:aws:iam::210987654321:role/pull"));
+        assert!(glob("arn:aws:iam::*:role/regcred-*", "arn:aws:iam::1:role/regcred-x"));
+        assert!(glob("exact", "exact") && !glob("exact", "exactly"));
+        let allowed = vec!["http://127.0.0.1:4566".to_string()];
+        assert!(override_allowed(&allowed, "http://127.0.0.1:4566/"));
+        assert!(!override_allowed(&allowed, "http://127.0.0.1:45661"));
+        assert!(!override_allowed(&allowed, "https://127.0.0.1:4566"));
+        assert!(!override_allowed(&[], "https://sts.example"));
+        assert!(override_allowed(&["*".into()], "https://sts.example"));
     }
 
     #[test]

@@ -25,6 +25,12 @@ pub enum SourceError {
     IdentityNotAllowed { namespace: String },
     #[error("AWS {operation}: {code}: {message}")]
     Aws { operation: &'static str, code: String, message: String },
+    #[error("egress to {host} is denied by the operator's egress policy; nothing was sent")]
+    EgressDenied { host: String },
+    #[error("{0}")]
+    NotAllowed(String),
+    #[error("{0}")]
+    Deadline(String),
 }
 
 impl SourceError {
@@ -38,7 +44,9 @@ impl SourceError {
             Self::HttpStatus { status: 429, .. } => "Throttled",
             Self::HttpStatus { .. } | Self::Transport { .. } => "MintFailed",
             Self::InvalidResponse { .. } => "InvalidResponse",
-            Self::IdentityNotAllowed { .. } => "IdentityNotAllowed",
+            Self::IdentityNotAllowed { .. } | Self::NotAllowed(_) => "IdentityNotAllowed",
+            Self::EgressDenied { .. } => "EgressDenied",
+            Self::Deadline(_) => "MintFailed",
             Self::Aws { code, .. } => aws_category(code),
         }
     }

@@ -1,6 +1,8 @@
-//! The HTTP client shared by the `oauth2` and `http` sources: rustls with the
-//! public roots or a CA bundle from a Secret, optional client certificate,
-//! timeouts, no redirects to other hosts, and a bounded response body.
+//! The HTTP client shared by the `oauth2` and `http` sources and the
+//! registry login check: rustls with the public roots or a CA bundle from a
+//! Secret, optional client certificate, timeouts, the admin's egress policy
+//! (checked on IP literals before sending and on every DNS answer at connect
+//! time), no redirects to other hosts, and a small bounded response body.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,12 +12,16 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use secrecy::ExposeSecret;
 use url::Url;
 
-use super::{parse_duration, SecretReader, SourceError};
+use super::{parse_duration, NetPolicy, SecretReader, SourceError};
 use crate::api::HttpClientSettings;
+use crate::egress;
 
-/// Largest token response read; larger ones are rejected as invalid.
-pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+/// Default of `--max-response-bytes`: token responses are small, and a
+/// larger cap would let a few hostile endpoints exhaust the operator's memory.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 * 1024;
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest request timeout (the CRD allows at most 60 s too).
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// `scheme://host[:port]/path` of a URL: what error messages may show.
 /// Query and fragment are dropped (they may carry secrets), as is userinfo.
@@ -31,6 +37,10 @@ pub fn endpoint_of(url: &Url) -> String {
 /// Parse and check a URL from the spec: http(s) only, http only when allowed.
 pub fn checked_url(field: &'static str, raw: &str, settings: &HttpClientSettings) -> Result<Url, SourceError> {
     let url = Url::parse(raw).map_err(|e| SourceError::InvalidSpec { field, problem: format!("not a URL: {e}") })?;
+    if !url.username().is_empty() || url.password().is_some() {
+        // Checked at admission too; never sent as Basic auth.
+        return Err(SourceError::InvalidSpec { field, problem: "must not contain user:password@ (use a Secret)".into() });
+    }
     match url.scheme() {
         "https" => Ok(url),
         "http" if settings.allow_insecure_http == Some(true) => Ok(url),
@@ -42,8 +52,14 @@ pub fn checked_url(field: &'static str, raw: &str, settings: &HttpClientSettings
     }
 }
 
-/// Build a client for one endpoint host.
-pub async fn build(settings: &HttpClientSettings, secrets: &SecretReader) -> Result<reqwest::Client, SourceError> {
+/// An HTTP client bound to the egress policy and the response cap.
+pub struct Client {
+    http: reqwest::Client,
+    net: NetPolicy,
+}
+
+/// Build a client for one endpoint.
+pub async fn build(settings: &HttpClientSettings, secrets: &SecretReader, net: &NetPolicy) -> Result<Client, SourceError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     let tls = settings.tls.clone().unwrap_or_default();
@@ -84,16 +100,21 @@ pub async fn build(settings: &HttpClientSettings, secrets: &SecretReader) -> Res
         }
     };
     let timeout = match &settings.timeout {
-        Some(t) => parse_duration("timeout", t)?.to_std().unwrap_or(DEFAULT_TIMEOUT),
+        Some(t) => parse_duration("timeout", t)?.to_std().unwrap_or(DEFAULT_TIMEOUT).clamp(Duration::from_millis(1), MAX_TIMEOUT),
         None => DEFAULT_TIMEOUT,
     };
-    reqwest::Client::builder()
+    let policy = net.egress.clone();
+    let http = reqwest::Client::builder()
         .use_preconfigured_tls(config)
         .timeout(timeout)
         .connect_timeout(timeout)
-        .redirect(reqwest::redirect::Policy::custom(|attempt| {
+        .dns_resolver(Arc::new(egress::Resolver(net.egress.clone())))
+        .redirect(reqwest::redirect::Policy::custom(move |attempt| {
             // Follow only to the same scheme, host and port, at most 5 times:
             // credentials must not travel to another host or over plain HTTP.
+            if let Err(denied) = policy.check_url(attempt.url()) {
+                return attempt.error(denied);
+            }
             let first = attempt.previous().first().cloned();
             let same = first.is_some_and(|f| {
                 f.scheme() == attempt.url().scheme()
@@ -107,7 +128,32 @@ pub async fn build(settings: &HttpClientSettings, secrets: &SecretReader) -> Res
             }
         }))
         .build()
-        .map_err(|e| SourceError::Tls(format!("building the HTTP client: {e}")))
+        .map_err(|e| SourceError::Tls(format!("building the HTTP client: {e}")))?;
+    Ok(Client { http, net: net.clone() })
+}
+
+impl Client {
+    /// Start a request, refused before anything is sent when the egress
+    /// policy denies the URL's host.
+    pub fn request(&self, method: reqwest::Method, url: &Url) -> Result<reqwest::RequestBuilder, SourceError> {
+        self.net.egress.check_url(url).map_err(|d| SourceError::EgressDenied { host: d.host })?;
+        Ok(self.http.request(method, url.clone()))
+    }
+
+    pub fn get(&self, url: &Url) -> Result<reqwest::RequestBuilder, SourceError> {
+        self.request(reqwest::Method::GET, url)
+    }
+
+    /// Send and read at most the response cap of the body.
+    pub async fn send(&self, req: reqwest::RequestBuilder, endpoint: &str) -> Result<Response, SourceError> {
+        let resp = req.send().await.map_err(|e| transport(endpoint, &e))?;
+        read_capped(resp, endpoint, self.net.max_response_bytes).await
+    }
+
+    /// Send and return the response head; the body is not read.
+    pub async fn send_head(&self, req: reqwest::RequestBuilder, endpoint: &str) -> Result<reqwest::Response, SourceError> {
+        req.send().await.map_err(|e| transport(endpoint, &e))
+    }
 }
 
 /// A response read in full (bounded).
@@ -116,26 +162,44 @@ pub struct Response {
     pub body: Vec<u8>,
 }
 
-/// Send a request and read at most [`MAX_RESPONSE_BYTES`] of its body.
-pub async fn send(req: reqwest::RequestBuilder, endpoint: &str) -> Result<Response, SourceError> {
-    let mut resp = req.send().await.map_err(|e| transport(endpoint, &e))?;
+/// Read a body, refusing it once it passes `max` bytes (a never-ending
+/// body is cut there too; the request timeout bounds a slow one).
+async fn read_capped(mut resp: reqwest::Response, endpoint: &str, max: usize) -> Result<Response, SourceError> {
     let status = resp.status().as_u16();
+    if resp.content_length().is_some_and(|n| n > max as u64) {
+        return Err(too_large(endpoint, max));
+    }
     let mut body = Vec::new();
     while let Some(chunk) = resp.chunk().await.map_err(|e| transport(endpoint, &e))? {
-        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-            return Err(SourceError::InvalidResponse {
-                endpoint: endpoint.to_string(),
-                problem: format!("response larger than {MAX_RESPONSE_BYTES} bytes"),
-            });
+        if body.len() + chunk.len() > max {
+            return Err(too_large(endpoint, max));
         }
         body.extend_from_slice(&chunk);
     }
     Ok(Response { status, body })
 }
 
+fn too_large(endpoint: &str, max: usize) -> SourceError {
+    SourceError::InvalidResponse { endpoint: endpoint.to_string(), problem: format!("response larger than {max} bytes") }
+}
+
+/// What went wrong on the way, in words that tell the failures apart.
 pub(super) fn transport(endpoint: &str, e: &reqwest::Error) -> SourceError {
+    if let Some(d) = visit(e, |err| err.downcast_ref::<egress::EgressDenied>().cloned()) {
+        return SourceError::EgressDenied { host: d.host };
+    }
     let kind = if e.is_timeout() {
         "timed out"
+    } else if let Some(kind) = visit(e, tls_kind) {
+        kind
+    } else if visit(e, |err| err.downcast_ref::<egress::ResolveFailed>().map(|_| ())).is_some() {
+        "DNS lookup failed"
+    } else if visit(e, |err| {
+        err.downcast_ref::<std::io::Error>().filter(|io| io.kind() == std::io::ErrorKind::ConnectionRefused).map(|_| ())
+    })
+    .is_some()
+    {
+        "connection refused"
     } else if e.is_connect() {
         "connection failed"
     } else if e.is_redirect() {
@@ -148,14 +212,81 @@ pub(super) fn transport(endpoint: &str, e: &reqwest::Error) -> SourceError {
     SourceError::Transport { endpoint: endpoint.to_string(), kind }
 }
 
-/// Turn a non-2xx response into an error carrying only a bounded error code
-/// (`error` of an OAuth2 error, or `errors[0].code` of a registry error).
+/// Call `f` on every error in the chain, including the errors wrapped inside
+/// `io::Error`s (whose `source()` skips them).
+fn visit<T>(e: &(dyn std::error::Error + 'static), f: impl Fn(&(dyn std::error::Error + 'static)) -> Option<T>) -> Option<T> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    let mut depth = 0;
+    while let (Some(err), true) = (cur, depth < 32) {
+        if let Some(v) = f(err) {
+            return Some(v);
+        }
+        if let Some(inner) = err.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+            let inner: &(dyn std::error::Error + 'static) = inner;
+            if let Some(v) = f(inner) {
+                return Some(v);
+            }
+            if let Some(v) = inner.source().and_then(&f) {
+                return Some(v);
+            }
+        }
+        cur = err.source();
+        depth += 1;
+    }
+    None
+}
+
+fn tls_kind(err: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    use rustls::{AlertDescription as A, CertificateError as C, Error as E};
+    let e = err.downcast_ref::<E>()?;
+    Some(match e {
+        E::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => "TLS: the server's certificate has expired",
+        E::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => {
+            "TLS: the server's certificate is not valid for this host name"
+        }
+        E::InvalidCertificate(C::UnknownIssuer) => "TLS: the server's certificate is not signed by a trusted CA",
+        E::InvalidCertificate(_) => "TLS: the server's certificate is invalid",
+        E::AlertReceived(A::CertificateRequired | A::BadCertificate | A::UnknownCA | A::HandshakeFailure) => {
+            "TLS: the server refused the handshake (client certificate missing or not accepted)"
+        }
+        _ => "TLS handshake failed",
+    })
+}
+
+/// Error codes an endpoint may put in status: RFC 6749 §5.2 and RFC 6750
+/// §3.1 (OAuth2), and the Docker registry API's codes. Anything else may be a
+/// reflected secret and is reported as unrecognised.
+const KNOWN_CODES: &[&str] = &[
+    "invalid_request", "invalid_client", "invalid_grant", "unauthorized_client", "unsupported_grant_type",
+    "invalid_scope", "invalid_token", "insufficient_scope", "temporarily_unavailable", "server_error",
+    "access_denied", "UNAUTHORIZED", "DENIED", "UNSUPPORTED", "TOOMANYREQUESTS", "NAME_UNKNOWN",
+    "NAME_INVALID", "MANIFEST_UNKNOWN", "BLOB_UNKNOWN",
+];
+
+#[derive(serde::Deserialize)]
+struct ErrorBody {
+    #[serde(default)]
+    error: Option<serde_json::Value>,
+    #[serde(default)]
+    errors: Option<Vec<RegistryErrorCode>>,
+}
+
+#[derive(serde::Deserialize)]
+struct RegistryErrorCode {
+    #[serde(default)]
+    code: Option<serde_json::Value>,
+}
+
+/// Turn a non-2xx response into an error carrying only a registered error
+/// code (`error` of an OAuth2 error, or `errors[0].code` of a registry error).
 pub fn status_error(endpoint: &str, r: &Response) -> SourceError {
-    let code = serde_json::from_slice::<serde_json::Value>(&r.body).ok().and_then(|v| {
-        v.get("error")
-            .and_then(|e| e.as_str())
-            .or_else(|| v.pointer("/errors/0/code").and_then(|e| e.as_str()))
-            .and_then(super::error::bounded_code)
+    let parsed = serde_json::from_slice::<ErrorBody>(&r.body).ok();
+    let raw = parsed.and_then(|b| {
+        b.error.or_else(|| b.errors.and_then(|e| e.into_iter().next()).and_then(|c| c.code))
+    });
+    let code = raw.map(|v| match v.as_str() {
+        Some(c) if KNOWN_CODES.contains(&c) => c.to_string(),
+        _ => "unrecognised error code".to_string(),
     });
     SourceError::HttpStatus { endpoint: endpoint.to_string(), status: r.status, code }
 }
@@ -178,6 +309,24 @@ mod tests {
         assert!(checked_url("url", "https://x/t", &s).is_ok());
         s.allow_insecure_http = Some(true);
         assert!(checked_url("url", "http://127.0.0.1/t", &s).is_ok());
+    }
+
+    #[test]
+    fn userinfo_is_refused() {
+        let s = HttpClientSettings::default();
+        let e = checked_url("url", "https://user:pw@auth.example/t", &s).unwrap_err();
+        assert!(!e.to_string().contains("pw"), "{e}");
+    }
+
+    #[test]
+    fn reflected_secrets_are_not_codes() {
+        // The client secret in `error` (a hostile or broken server): never echoed.
+        let r = Response { status: 400, body: br#"{"error":"s3cr3t_client_value"}"#.to_vec() };
+        assert_eq!(status_error("e", &r).to_string(), "e answered HTTP 400 (unrecognised error code)");
+        let r = Response { status: 400, body: br#"{"error":{"nested":"s3cr3t"}}"#.to_vec() };
+        assert_eq!(status_error("e", &r).to_string(), "e answered HTTP 400 (unrecognised error code)");
+        let r = Response { status: 401, body: br#"{"errors":[{"code":"s3cr3t"}]}"#.to_vec() };
+        assert_eq!(status_error("e", &r).to_string(), "e answered HTTP 401 (unrecognised error code)");
     }
 
     #[test]

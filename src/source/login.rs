@@ -5,7 +5,7 @@
 use secrecy::ExposeSecret;
 use url::Url;
 
-use super::httpclient::{self, endpoint_of, transport};
+use super::httpclient::{self, endpoint_of};
 use super::{RegistryAuth, SourceError};
 
 /// Base URL of a registry key: `host[:port]`, or a URL such as
@@ -55,10 +55,10 @@ pub fn parse_challenge(header: &str) -> Option<(String, Vec<(String, String)>)> 
 
 /// Check that `auth` logs in to its registry. `Ok(())` when the registry
 /// accepts it (or asks for no authentication at all).
-pub async fn check(client: &reqwest::Client, auth: &RegistryAuth, allow_http: bool) -> Result<(), SourceError> {
+pub async fn check(client: &httpclient::Client, auth: &RegistryAuth, allow_http: bool) -> Result<(), SourceError> {
     let base = registry_base(&auth.registry, allow_http)?;
     let endpoint = endpoint_of(&base);
-    let first = client.get(base.clone()).send().await.map_err(|e| transport(&endpoint, &e))?;
+    let first = client.send_head(client.get(&base)?, &endpoint).await?;
     match first.status().as_u16() {
         200..=299 => return Ok(()),
         401 => {}
@@ -88,8 +88,8 @@ pub async fn check(client: &reqwest::Client, auth: &RegistryAuth, allow_http: bo
         }
         _ => return Err(SourceError::InvalidResponse { endpoint, problem: "unsupported authentication scheme".into() }),
     };
-    let req = client.get(url).basic_auth(&auth.username, Some(password));
-    let resp = httpclient::send(req, &endpoint).await?;
+    let req = client.get(&url)?.basic_auth(&auth.username, Some(password));
+    let resp = client.send(req, &endpoint).await?;
     if (200..300).contains(&resp.status) {
         Ok(())
     } else {

@@ -15,15 +15,17 @@ mod reader;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
 pub use ecr::{decode_token as decode_ecr_token, EcrMinter, EcrSettings};
 pub use error::SourceError;
 pub use reader::{summarize_kube_error, SecretReader};
 
 use crate::api::CredentialSource;
+use crate::egress::EgressPolicy;
 
 /// A freshly minted registry credential.
 #[derive(Debug, Clone)]
@@ -64,6 +66,24 @@ impl Minted {
     pub fn registries(&self) -> Vec<String> {
         self.entries.iter().map(|e| e.registry.clone()).collect()
     }
+
+    /// Check what a source handed back before it goes anywhere: usernames
+    /// the kubelet can use (it splits `auth` at the first `:`), passwords
+    /// without control characters, and an expiry no further away than
+    /// regcred believes (see `schedule::MAX_LIFETIME`).
+    pub fn checked(mut self) -> Result<Self, SourceError> {
+        let invalid = |problem: String| SourceError::InvalidResponse { endpoint: "source".into(), problem };
+        for e in &self.entries {
+            if e.username.is_empty() || e.username.contains(':') || e.username.chars().any(char::is_control) {
+                return Err(invalid(format!("the username for {} is empty or contains ':' or a control character", e.registry)));
+            }
+            if e.password.expose_secret().chars().any(char::is_control) {
+                return Err(invalid(format!("the password for {} contains a control character", e.registry)));
+            }
+        }
+        self.expires_at = self.expires_at.map(|t| crate::schedule::clamp_expiry(self.issued_at, t));
+        Ok(self)
+    }
 }
 
 pub type MintFuture<'a> = Pin<Box<dyn Future<Output = Result<Minted, SourceError>> + Send + 'a>>;
@@ -73,15 +93,38 @@ pub trait TokenSource: Send + Sync {
     fn mint(&self) -> MintFuture<'_>;
 }
 
+/// Where and how much a source may fetch: the admin's egress policy and the
+/// response size cap.
+#[derive(Clone, Debug)]
+pub struct NetPolicy {
+    pub egress: Arc<EgressPolicy>,
+    pub max_response_bytes: usize,
+}
+
+impl Default for NetPolicy {
+    fn default() -> Self {
+        Self { egress: Arc::new(EgressPolicy::default()), max_response_bytes: httpclient::DEFAULT_MAX_RESPONSE_BYTES }
+    }
+}
+
 /// Everything a source may need beyond its spec.
 #[derive(Clone)]
 pub struct SourceContext {
     pub secrets: SecretReader,
     /// Namespace of the RegistryCredential: Secrets and ServiceAccounts are
-    /// read there only; also the default AWS session name.
+    /// read there only.
     pub namespace: String,
+    /// Name of the RegistryCredential (with the namespace, the AWS role
+    /// session name).
+    pub name: String,
     pub now: fn() -> DateTime<Utc>,
     pub ecr: EcrMinter,
+    pub net: NetPolicy,
+    /// The asking credential's renewal policy and jitter seed: a shared
+    /// (cached) token is only handed out while its renewal instant for this
+    /// credential is still ahead.
+    pub policy: crate::schedule::Policy,
+    pub seed: u64,
 }
 
 /// Build the source named by the spec.
@@ -131,16 +174,58 @@ pub fn referenced_secrets(spec: &CredentialSource) -> Vec<String> {
     names
 }
 
-/// Parse a Go duration from the spec (already validated at admission).
+/// The longest duration regcred parses from a spec (every field has a
+/// smaller bound at admission).
+const MAX_PARSED: std::time::Duration = std::time::Duration::from_secs(10 * 366 * 24 * 3600);
+
+/// Parse a Go duration (`90s`, `1h30m`, `1.5h`) from the spec. Checked all
+/// the way: a value past ten years, or one that overflows, is an error, never
+/// a panic (kube's own parser panics on `6000000000000000h`).
 pub fn parse_duration(field: &'static str, value: &str) -> Result<chrono::Duration, SourceError> {
-    let d: kube::core::Duration = value.parse().map_err(|_| SourceError::InvalidSpec {
-        field,
-        problem: format!("{value:?} is not a duration such as 30s, 10m or 1h"),
-    })?;
-    // The CRD's pattern admits no sign, so there is nothing negative to reject.
-    let std: std::time::Duration = d.into();
-    chrono::Duration::from_std(std).map_err(|_| SourceError::InvalidSpec {
-        field,
-        problem: "is too long".into(),
-    })
+    let bad = |problem: &str| SourceError::InvalidSpec { field, problem: format!("{value:?} {problem}") };
+    let mut rest = value.trim();
+    if rest.is_empty() || rest.len() > 64 {
+        return Err(bad("is not a duration such as 30s, 10m or 1h"));
+    }
+    let mut total = std::time::Duration::ZERO;
+    while !rest.is_empty() {
+        let unit_at = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(|| bad("has a number without a unit"))?;
+        let (number, tail) = rest.split_at(unit_at);
+        let unit_len = tail.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        rest = tail;
+        let n: f64 = number.parse().map_err(|_| bad("is not a duration such as 30s, 10m or 1h"))?;
+        let unit_secs = match unit {
+            "ns" => 1e-9,
+            "us" | "\u{00b5}s" | "\u{03bc}s" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad("has an unknown unit (use ns, us, ms, s, m or h)")),
+        };
+        let part = std::time::Duration::try_from_secs_f64(n * unit_secs).map_err(|_| bad("is too long"))?;
+        total = total.checked_add(part).filter(|t| *t <= MAX_PARSED).ok_or_else(|| bad("is too long"))?;
+    }
+    chrono::Duration::from_std(total).map_err(|_| bad("is too long"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_checked() {
+        let d = |s: &str| parse_duration("f", s).map(|d| d.num_milliseconds());
+        assert_eq!(d("90s").unwrap(), 90_000);
+        assert_eq!(d("1h30m").unwrap(), 5_400_000);
+        assert_eq!(d("1.5h").unwrap(), 5_400_000);
+        assert_eq!(d("250ms").unwrap(), 250);
+        assert_eq!(d("0s").unwrap(), 0);
+        // what crashed kube's parser: errors, never panics
+        for bad in ["6000000000000000h", "300000000000h", "1e400h", "99999999999999999999999999s", "", "10", "5d", "h", "1h1h1h1h1h1h1h1h1h1h1h1h1h1h1h1h1h1h1h1h1h1h1h1h1h1h1h1h1h1h1h1h1h"] {
+            assert!(d(bad).is_err(), "{bad}");
+        }
+        assert!(parse_duration("spec.renewBefore", "6000000000000000h").unwrap_err().to_string().starts_with("spec.renewBefore:"));
+    }
 }

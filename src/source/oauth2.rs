@@ -27,13 +27,14 @@ impl OAuth2 {
     }
 }
 
+// Typed: unknown fields are skipped without being built.
 #[derive(Deserialize)]
 struct TokenResponse {
     access_token: String,
     #[serde(default)]
     token_type: Option<String>,
     #[serde(default)]
-    expires_in: Option<serde_json::Value>,
+    expires_in: Option<super::http::Scalar>,
 }
 
 /// Read a token response. `expires_in` may be a number or a numeric string.
@@ -49,7 +50,7 @@ fn parse_token_response(body: &[u8], endpoint: &str) -> Result<(SecretString, Op
         }
     }
     let expires_in = match r.expires_in {
-        None | Some(serde_json::Value::Null) => None,
+        None => None,
         Some(v) => Some(super::http::as_seconds(&v).ok_or_else(|| invalid("expires_in is not a number of seconds"))?),
     };
     if expires_in.is_some_and(|s| s <= 0) {
@@ -96,11 +97,11 @@ impl TokenSource for OAuth2 {
             let mut data = self.cx.secrets.data(&r.name).await?;
             let id = take_key(&mut data, &r.name, r.client_id_key.as_deref().unwrap_or("client_id"))?;
             let secret = take_key(&mut data, &r.name, r.client_secret_key.as_deref().unwrap_or("client_secret"))?;
-            let client = httpclient::build(&self.spec.client, &self.cx.secrets).await?;
+            let client = httpclient::build(&self.spec.client, &self.cx.secrets, &self.cx.net).await?;
 
             let (body, authorization) = request_body(&self.spec, &id, &secret);
             let mut req = client
-                .post(self.url.clone())
+                .request(reqwest::Method::POST, &self.url)?
                 .header("accept", "application/json")
                 .header("content-type", "application/x-www-form-urlencoded");
             if let Some(a) = authorization {
@@ -113,13 +114,13 @@ impl TokenSource for OAuth2 {
             }
             let req = req.body(body);
             let issued_at = (self.cx.now)();
-            let resp = httpclient::send(req, &endpoint).await?;
+            let resp = client.send(req, &endpoint).await?;
             if !(200..300).contains(&resp.status) {
                 return Err(httpclient::status_error(&endpoint, &resp));
             }
             let (token, expires_in) = parse_token_response(&resp.body, &endpoint)?;
             let username = self.spec.username.as_deref().unwrap_or(DEFAULT_USERNAME);
-            let expires_at = expires_in.map(|s| issued_at + chrono::Duration::seconds(s));
+            let expires_at = expires_in.map(|s| crate::schedule::expiry_after(issued_at, s));
             Ok(Minted::for_all(&self.spec.registries, username, &token, issued_at, expires_at))
         })
     }
@@ -135,12 +136,18 @@ mod tests {
         assert_eq!(ok(r#"{"access_token":"a","token_type":"Bearer","expires_in":30}"#).unwrap(), ("a".into(), Some(30)));
         assert_eq!(ok(r#"{"access_token":"a","token_type":"bearer","expires_in":"45"}"#).unwrap(), ("a".into(), Some(45)));
         assert_eq!(ok(r#"{"access_token":"a"}"#).unwrap(), ("a".into(), None));
+        assert_eq!(ok(r#"{"access_token":"a","expires_in":null}"#).unwrap(), ("a".into(), None));
+        // hostile lifetimes parse without panicking (the schedule clamps them)
+        assert_eq!(ok(r#"{"access_token":"a","expires_in":1e20}"#).unwrap(), ("a".into(), Some(i64::MAX)));
+        assert_eq!(ok(r#"{"access_token":"a","expires_in":9e12,"extra":{"deep":[[[[1]]]]}}"#).unwrap(), ("a".into(), Some(9_000_000_000_000)));
         for bad in [
             r#"{"token":"a"}"#,
             r#"{"access_token":""}"#,
             r#"{"access_token":"a","token_type":"mac"}"#,
             r#"{"access_token":"a","expires_in":"soon"}"#,
             r#"{"access_token":"a","expires_in":0}"#,
+            r#"{"access_token":"a","expires_in":-1e20}"#,
+            r#"{"access_token":"a","expires_in":{"s":1}}"#,
             "not json",
         ] {
             let err = ok(bad).unwrap_err();

@@ -101,8 +101,19 @@ etcd --name regcred-test --data-dir "$dir/etcd" \
   --unsafe-no-fsync --log-level warn >"$dir/etcd.log" 2>&1 &
 pids+=($!)
 
-# --- kube-apiserver
+# --- kube-apiserver. The audit log records only TokenRequests (what the
+# tests count to show a refused web identity requested no token).
+cat >"$dir/audit-policy.yaml" <<'EOF'
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+  - level: Metadata
+    resources: [{group: "", resources: ["serviceaccounts/token"]}]
+  - level: None
+EOF
 kube-apiserver \
+  --audit-policy-file "$dir/audit-policy.yaml" --audit-log-path "$dir/audit.log" \
   --etcd-servers "http://127.0.0.1:$etcd_port" \
   --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
   --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \

@@ -41,7 +41,7 @@ async fn keys_secret(client: &kube::Client, ns: &str) {
 async fn keys_setup(prefix: &str, ttl: u64) -> (kube::Client, TestNamespace, MotoEcr, Operator) {
     let (client, ns) = setup(prefix).await;
     let moto = MotoEcr::start(ttl, &[]).await;
-    let operator = Operator::start(&ns.name);
+    let operator = Operator::start_with(&ns.name, &["--aws-endpoint-overrides", &moto.endpoint()], &[]);
     keys_secret(&client, &ns.name).await;
     (client, ns, moto, operator)
 }
@@ -68,9 +68,10 @@ async fn every_credential_mode_yields_a_secret_that_pulls() {
         (TEAM_ACCOUNT, format!("http://{}", team_reg.host)),
     ])
     .await;
-    let operator = Operator::start_with(&ns.name, &["--ecr-identity-namespaces", &ns.name], &aws_env());
+    let operator = Operator::start_with(&ns.name, &["--ecr-identity-namespaces", &ns.name, "--aws-endpoint-overrides", &moto.endpoint()], &aws_env());
     keys_secret(&client, &ns.name).await;
-    let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "puller"}})).unwrap();
+    // The ServiceAccount opts in to web identity.
+    let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "puller", "annotations": {"regcred.dev/web-identity": "true"}}})).unwrap();
     Api::<ServiceAccount>::namespaced(client.clone(), &ns.name).create(&PostParams::default(), &sa).await.unwrap();
 
     let role = format!("arn:aws:iam::{ROLE_ACCOUNT}:role/pull");
@@ -126,7 +127,7 @@ async fn cross_account_role_and_several_registry_ids() {
 async fn operator_identity_is_refused_where_not_allowed() {
     let (client, ns) = setup("ecr-denied").await;
     let moto = MotoEcr::start(43_200, &[]).await;
-    let operator = Operator::start_with(&ns.name, &["--ecr-identity-namespaces", "some-other-namespace"], &aws_env());
+    let operator = Operator::start_with(&ns.name, &["--ecr-identity-namespaces", "some-other-namespace", "--aws-endpoint-overrides", &moto.endpoint()], &aws_env());
     create_credential(&client, &ns.name, "borrow", ecr(&moto, json!({}))).await;
     let cr = wait_ready(&client, &ns.name, "borrow", "False", Some("IdentityNotAllowed"), Duration::from_secs(60)).await;
     assert!(cr.ready().unwrap().message.contains("may not be used from namespace"));
@@ -180,8 +181,9 @@ async fn access_denied_and_throttling_keep_the_secret() {
     for (code, reason, session) in [("AccessDeniedException", "AccessDenied", "s-denied"), ("ThrottlingException", "Throttled", "s-throttled")] {
         moto.fault("GetAuthorizationToken", Some(code)).await;
         let before = moto.calls("GetAuthorizationToken").await;
-        // A changed source asks for a new token at once.
-        let patch = json!({"spec": {"source": {"ecr": {"roleSessionName": session}}}});
+        // A changed spec asks for a new token at once (after the least
+        // interval between mints).
+        let patch = json!({"spec": {"secretTemplate": {"labels": {"attempt": session}}}});
         crs.patch("cred", &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
         let cr = wait_ready(&client, &ns.name, "cred", "False", Some(reason), Duration::from_secs(60)).await;
         assert!(cr.ready().unwrap().message.contains(code), "{}", cr.ready().unwrap().message);

@@ -133,7 +133,7 @@ async fn endpoint_outage_keeps_the_secret_and_recovers() {
     let cr = wait_ready(&client, &ns.name, "cred", "False", Some("MintFailed"), Duration::from_secs(5)).await;
     let st = cr.status.clone().unwrap();
     let msg = &cr.ready().unwrap().message;
-    assert!(msg.contains(&format!("http://127.0.0.1:{}/token", server.port)) && msg.contains("connection failed"), "{msg}");
+    assert!(msg.contains(&format!("http://127.0.0.1:{}/token", server.port)) && msg.contains("connection refused"), "{msg}");
     // Attempts are bounded by the backoff: every one is logged once.
     let attempts = operator.logs().matches("mint failed").count() as i32;
     assert!(st.failed_attempts >= 2 && st.failed_attempts <= 12, "{} attempts in {} s", st.failed_attempts, ttl + 10);

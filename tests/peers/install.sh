@@ -5,7 +5,9 @@
 #   Debian: docker-registry (distribution), skopeo, htpasswd, openssl
 #   Go module proxy: distribution's contrib/token-server (tokenserver/go.mod)
 #   npm: oidc-provider (oauth2/package-lock.json)
-#   PyPI: moto[server] (requirements.txt)
+#   PyPI: moto[server] (requirements.txt; its venv also runs mkcerts.py,
+#         which needs the `cryptography` package moto brings)
+#   here: hostile.py, the tests' own hostile token endpoint (stdlib only)
 # Idempotent: a warm run only checks and prints.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -64,3 +66,5 @@ echo "TOKEN_SERVER=$ts"
 echo "OAUTH2_SERVER=$oa/server.mjs"
 echo "MOTO_PYTHON=$venv/bin/python"
 echo "MOTO_ECR=$here/moto_ecr.py"
+echo "HOSTILE=$here/hostile.py"
+echo "MKCERTS=$here/mkcerts.py"

@@ -12,7 +12,7 @@ pub struct Operator {
     _dir: TempDir,
     /// Logs of earlier runs of this operator (restarts).
     earlier: String,
-    namespace: String,
+    namespace: Option<String>,
     extra: Vec<String>,
     env: Vec<(String, String)>,
 }
@@ -27,15 +27,31 @@ impl Operator {
         let dir = TempDir::new("operator");
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let proc = spawn(namespace, &extra, &env, &dir, 0);
-        Self { proc, _dir: dir, earlier: String::new(), namespace: namespace.into(), extra, env }
+        let proc = spawn(Some(namespace), &extra, &env, &dir, 0);
+        Self { proc, _dir: dir, earlier: String::new(), namespace: Some(namespace.into()), extra, env }
+    }
+
+    /// Start `regcred run` for every namespace. Give it a `--selector` so it
+    /// leaves the other tests' credentials to their own operators.
+    pub fn start_cluster_wide(extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let dir = TempDir::new("operator");
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        assert!(extra.iter().any(|a| a.starts_with("--selector")), "a cluster-wide test operator needs --selector");
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let proc = spawn(None, &extra, &env, &dir, 0);
+        Self { proc, _dir: dir, earlier: String::new(), namespace: None, extra, env }
+    }
+
+    /// Is the process still running (it has not crashed)?
+    pub fn is_running(&mut self) -> bool {
+        self.proc.is_running()
     }
 
     /// Stop with SIGTERM (as Kubernetes does) and start a new process.
     pub fn restart(&mut self) {
         self.proc.stop();
         self.earlier.push_str(&self.proc.output());
-        self.proc = spawn(&self.namespace, &self.extra, &self.env, &self._dir, self.earlier.len());
+        self.proc = spawn(self.namespace.as_deref(), &self.extra, &self.env, &self._dir, self.earlier.len());
     }
 
     pub fn stop(&mut self) {
@@ -53,9 +69,13 @@ impl Operator {
     }
 }
 
-fn spawn(namespace: &str, extra: &[String], env: &[(String, String)], dir: &TempDir, n: usize) -> Proc {
+fn spawn(namespace: Option<&str>, extra: &[String], env: &[(String, String)], dir: &TempDir, n: usize) -> Proc {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_regcred"));
-    cmd.args(["run", "--watch-namespace", namespace, "--log-level", "regcred=debug,info"])
+    cmd.arg("run");
+    if let Some(ns) = namespace {
+        cmd.args(["--watch-namespace", ns]);
+    }
+    cmd.args(["--log-level", "regcred=debug,info"])
         .args(["--metrics-bind-address", "127.0.0.1:0"])
         .args(extra)
         .env("KUBECONFIG", &control_plane().kubeconfig)

@@ -100,6 +100,10 @@ impl Proc {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// SIGTERM, then wait.
     pub fn stop(&mut self) {
         let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
@@ -418,4 +422,99 @@ pub async fn ecr_registry(account: &str) -> (Registry, String) {
     let reg = Registry::htpasswd(&[("AWS", &password)]).await;
     let image = reg.push_test_image("app", "AWS", &password);
     (reg, image)
+}
+
+/// TLS material made by tests/peers/mkcerts.py: a test CA, server
+/// certificates (good, wrong host, expired) and a client certificate.
+pub struct TestCerts {
+    pub dir: TempDir,
+}
+
+impl TestCerts {
+    pub fn new() -> Self {
+        let dir = TempDir::new("certs");
+        let out = Command::new(peers().path("MOTO_PYTHON")).arg(peers().path("MKCERTS")).arg(&dir.0).output().unwrap();
+        assert!(out.status.success(), "mkcerts.py failed: {}", String::from_utf8_lossy(&out.stderr));
+        Self { dir }
+    }
+
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.dir.join(file)
+    }
+
+    pub fn pem(&self, file: &str) -> String {
+        std::fs::read_to_string(self.path(file)).unwrap()
+    }
+}
+
+/// tests/peers/hostile.py: a token endpoint (and registry) that answers
+/// what real servers never would. Requests are counted per case.
+pub struct Hostile {
+    pub base: String,
+    _dir: TempDir,
+    _proc: Proc,
+}
+
+impl Hostile {
+    /// Plain HTTP on `host` (a loopback address).
+    pub async fn start(host: &str, realm: Option<&str>) -> Self {
+        Self::spawn(host, "http", &[], realm).await
+    }
+
+    /// HTTPS with `cert` (a name from [`TestCerts`]), optionally requiring
+    /// a client certificate signed by the test CA.
+    pub async fn start_tls(certs: &TestCerts, cert: &str, require_client_cert: bool) -> Self {
+        let crt = certs.path(&format!("{cert}.crt")).display().to_string();
+        let key = certs.path(&format!("{cert}.key")).display().to_string();
+        let ca = certs.path("ca.crt").display().to_string();
+        let mut args = vec!["--cert".to_string(), crt, "--key".to_string(), key];
+        if require_client_cert {
+            args.extend(["--client-ca".to_string(), ca]);
+        }
+        Self::spawn("127.0.0.1", "https", &args, None).await
+    }
+
+    async fn spawn(host: &str, scheme: &str, args: &[String], realm: Option<&str>) -> Self {
+        let dir = TempDir::new("hostile");
+        let port = free_port();
+        let mut cmd = Command::new(peers().path("MOTO_PYTHON"));
+        cmd.arg(peers().path("HOSTILE")).arg(host).arg(port.to_string()).args(args);
+        if let Some(r) = realm {
+            cmd.args(["--realm", r]);
+        }
+        let proc = Proc::spawn(cmd, dir.join("hostile.log"));
+        for _ in 0..150 {
+            if tokio::net::TcpStream::connect((host, port)).await.is_ok() {
+                return Self { base: format!("{scheme}://{host}:{port}"), _dir: dir, _proc: proc };
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("hostile.py did not listen on {host}:{port}");
+    }
+
+    /// `base/c/<case>/<kind>` with a query.
+    pub fn url(&self, case: &str, kind: &str, query: &[(&str, &str)]) -> String {
+        let q: String = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(query).finish();
+        if q.is_empty() {
+            format!("{}/c/{case}/{kind}", self.base)
+        } else {
+            format!("{}/c/{case}/{kind}?{q}", self.base)
+        }
+    }
+
+    /// `host:port`, as a registry key.
+    pub fn host(&self) -> String {
+        self.base.split("://").nth(1).unwrap().to_string()
+    }
+
+    /// Requests per case so far (plain HTTP only).
+    pub async fn counts(&self) -> HashMap<String, u64> {
+        regcred::install_crypto_provider();
+        let body = reqwest::get(format!("{}/_stats", self.base)).await.unwrap().bytes().await.unwrap();
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    pub async fn total(&self) -> u64 {
+        self.counts().await.values().sum()
+    }
 }
