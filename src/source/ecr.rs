@@ -496,11 +496,15 @@ impl TokenSource for EcrSource {
         Box::pin(async move {
             let (identity_key, identity) = self.identity().await?;
             let s = &self.spec;
+            // The session name tells credentials apart in CloudTrail, so a
+            // token minted under an assumed role is shared only by the one
+            // credential it was minted for; without a role it is not used.
+            let session = if s.role_arn.is_some() { self.session_name() } else { String::new() };
             let key = format!(
                 "{identity_key}|{}|{}|{}|{}|{:?}|{}|{}|{}",
                 s.role_arn.as_deref().unwrap_or(""),
                 s.external_id.as_deref().unwrap_or(""),
-                self.session_name(),
+                session,
                 self.region(),
                 s.registry_ids,
                 s.public == Some(true),

@@ -213,27 +213,25 @@ pub(super) fn transport(endpoint: &str, e: &reqwest::Error) -> SourceError {
 }
 
 /// Call `f` on every error in the chain, including the errors wrapped inside
-/// `io::Error`s (whose `source()` skips them).
+/// `io::Error`s, which nest (`source()` skips them: an `io::Error` reports its
+/// inner error's source, not the inner error).
 fn visit<T>(e: &(dyn std::error::Error + 'static), f: impl Fn(&(dyn std::error::Error + 'static)) -> Option<T>) -> Option<T> {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    let mut depth = 0;
-    while let (Some(err), true) = (cur, depth < 32) {
-        if let Some(v) = f(err) {
+    fn walk<T>(e: &(dyn std::error::Error + 'static), f: &dyn Fn(&(dyn std::error::Error + 'static)) -> Option<T>, depth: u8) -> Option<T> {
+        if depth > 32 {
+            return None;
+        }
+        if let Some(v) = f(e) {
             return Some(v);
         }
-        if let Some(inner) = err.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+        if let Some(inner) = e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
             let inner: &(dyn std::error::Error + 'static) = inner;
-            if let Some(v) = f(inner) {
-                return Some(v);
-            }
-            if let Some(v) = inner.source().and_then(&f) {
+            if let Some(v) = walk(inner, f, depth + 1) {
                 return Some(v);
             }
         }
-        cur = err.source();
-        depth += 1;
+        e.source().and_then(|s| walk(s, f, depth + 1))
     }
-    None
+    walk(e, &f, 0)
 }
 
 fn tls_kind(err: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
@@ -340,3 +338,4 @@ mod tests {
         assert_eq!(status_error("e", &r).to_string(), "e answered HTTP 500");
     }
 }
+

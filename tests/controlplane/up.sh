@@ -135,14 +135,15 @@ for _ in $(seq 1 240); do
 done
 [ "$ready" = 1 ] || { log "kube-apiserver not ready after 120 s; see $dir/kube-apiserver.log"; exit 1; }
 
-# --- kube-controller-manager: garbage collector, namespace deletion, ServiceAccounts.
+# --- kube-controller-manager: garbage collector, namespace deletion, ServiceAccounts,
+# ResourceQuota usage (admission enforces a quota only once its status is computed).
 kube-controller-manager \
   --kubeconfig "$dir/kcm.kubeconfig" \
   --authentication-kubeconfig "$dir/kcm.kubeconfig" --authorization-kubeconfig "$dir/kcm.kubeconfig" \
   --bind-address 127.0.0.1 --secure-port "$kcm_port" \
   --leader-elect=false --use-service-account-credentials=false \
   --service-account-private-key-file "$pki/sa.key" --root-ca-file "$pki/ca.crt" \
-  --controllers garbagecollector,namespace,serviceaccount,serviceaccount-token \
+  --controllers garbagecollector,namespace,serviceaccount,serviceaccount-token,resourcequota \
   >"$dir/kube-controller-manager.log" 2>&1 &
 pids+=($!)
 

@@ -178,12 +178,13 @@ async fn access_denied_and_throttling_keep_the_secret() {
     let kept = secrets.get("cred").await.unwrap();
     let crs: Api<RegistryCredential> = Api::namespaced(client.clone(), &ns.name);
 
-    for (code, reason, session) in [("AccessDeniedException", "AccessDenied", "s-denied"), ("ThrottlingException", "Throttled", "s-throttled")] {
+    let ids = [vec![DEFAULT_ACCOUNT], vec![DEFAULT_ACCOUNT, "111111111111"]];
+    for ((code, reason), ids) in [("AccessDeniedException", "AccessDenied"), ("ThrottlingException", "Throttled")].into_iter().zip(ids) {
         moto.fault("GetAuthorizationToken", Some(code)).await;
         let before = moto.calls("GetAuthorizationToken").await;
-        // A changed spec asks for a new token at once (after the least
+        // A changed source asks for a new token at once (after the least
         // interval between mints).
-        let patch = json!({"spec": {"secretTemplate": {"labels": {"attempt": session}}}});
+        let patch = json!({"spec": {"source": {"ecr": {"registryIds": ids}}}});
         crs.patch("cred", &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
         let cr = wait_ready(&client, &ns.name, "cred", "False", Some(reason), Duration::from_secs(60)).await;
         assert!(cr.ready().unwrap().message.contains(code), "{}", cr.ready().unwrap().message);

@@ -60,7 +60,11 @@ fn token_body(expires_in: &str) -> String {
 async fn event_count(client: &Client, ns: &str, name: &str) -> u64 {
     let api: Api<Event> = Api::namespaced(client.clone(), ns);
     let list = api.list(&ListParams::default().fields(&format!("involvedObject.name={name}"))).await.unwrap();
-    list.items.iter().map(|e| e.count.unwrap_or(1).max(1) as u64).sum()
+    // The recorder folds repeats into a series: count those too.
+    list.items
+        .iter()
+        .map(|e| e.series.as_ref().and_then(|s| s.count).or(e.count).unwrap_or(1).max(1) as u64)
+        .sum()
 }
 
 fn message(cr: &RegistryCredential) -> String {
@@ -242,7 +246,14 @@ async fn hostile_tenants_cannot_hurt_anyone() {
     // 4. Refused writes: a quota allows no new Secret in this namespace.
     create_secret(&client, &q_ns.name, "robot", json!({"username": "robot", "password": "robot-pw-hostile-42"})).await;
     let quota: k8s_openapi::api::core::v1::ResourceQuota = serde_json::from_value(json!({"metadata": {"name": "no-secrets"}, "spec": {"hard": {"secrets": "0"}}})).unwrap();
-    Api::<k8s_openapi::api::core::v1::ResourceQuota>::namespaced(client.clone(), &q_ns.name).create(&PostParams::default(), &quota).await.unwrap();
+    let quotas = Api::<k8s_openapi::api::core::v1::ResourceQuota>::namespaced(client.clone(), &q_ns.name);
+    quotas.create(&PostParams::default(), &quota).await.unwrap();
+    // Admission enforces a quota once the controller has computed its usage.
+    wait_for(Duration::from_secs(60), "the quota's usage", || async {
+        let q = quotas.get("no-secrets").await.ok()?;
+        q.status?.used?.contains_key("secrets").then_some(())
+    })
+    .await;
     suite.create(&q_ns.name, "rejected", basic(json!({"verify": false}))).await;
 
     // 5. Starvation: 33 credentials whose endpoint never answers, in one namespace.

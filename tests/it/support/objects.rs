@@ -10,7 +10,7 @@ use kube::Client;
 use regcred::api::RegistryCredential;
 use serde_json::{json, Value};
 
-use super::{control_plane, install_crd, namespace, wait_for, Operator, TestNamespace};
+use super::{control_plane, install_crd, namespace, Operator, TestNamespace};
 
 pub async fn setup(prefix: &str) -> (Client, TestNamespace) {
     let client = control_plane().client().await;
@@ -34,14 +34,23 @@ pub async fn create_credential(client: &Client, ns: &str, name: &str, spec: Valu
 }
 
 /// Wait until the Ready condition has this status (and reason, when given).
+/// On time-out, the panic says what the condition was.
 pub async fn wait_ready(client: &Client, ns: &str, name: &str, status: &str, reason: Option<&str>, timeout: Duration) -> RegistryCredential {
     let api: Api<RegistryCredential> = Api::namespaced(client.clone(), ns);
-    wait_for(timeout, &format!("{name} Ready={status} {reason:?}"), || async {
-        let cr = api.get(name).await.ok()?;
-        let c = cr.ready()?;
-        (c.status == status && reason.is_none_or(|r| c.reason == r)).then_some(cr.clone())
-    })
-    .await
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let cr = api.get(name).await.ok();
+        if let Some(c) = cr.as_ref().and_then(|cr| cr.ready()) {
+            if c.status == status && reason.is_none_or(|r| c.reason == r) {
+                return cr.unwrap();
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            let last = cr.and_then(|c| c.ready().cloned()).map(|c| format!("{} {}: {}", c.status, c.reason, c.message));
+            panic!("timed out after {timeout:?} waiting for {name} Ready={status} {reason:?}; last seen: {last:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 pub fn dockerconfig(secret: &Secret) -> Vec<u8> {
