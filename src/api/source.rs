@@ -392,6 +392,10 @@ pub struct BasicSource {
     /// trusted local networks.
     #[serde(default, rename = "allowInsecureHTTP", skip_serializing_if = "Option::is_none")]
     pub allow_insecure_http: Option<bool>,
+    /// CA bundle (a private registry's CA) and client certificate for the
+    /// login check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
 }
 
 /// Secret keys holding a username and password.

@@ -28,7 +28,8 @@ impl TokenSource for Basic {
             // A username is not secret material; it is shown in the Secret as is.
             let minted = Minted::for_all(&self.spec.registries, user.expose_secret(), &password, (self.cx.now)(), None);
             if self.spec.verify != Some(false) {
-                let client = super::httpclient::build(&Default::default(), &self.cx.secrets, &self.cx.net).await?;
+                let settings = crate::api::HttpClientSettings { tls: self.spec.tls.clone(), ..Default::default() };
+                let client = super::httpclient::build(&settings, &self.cx.secrets, &self.cx.net).await?;
                 let allow_http = self.spec.allow_insecure_http == Some(true);
                 for entry in &minted.entries {
                     super::login::check(&client, entry, allow_http).await?;

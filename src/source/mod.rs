@@ -148,15 +148,15 @@ pub fn referenced_secrets(spec: &CredentialSource) -> Vec<String> {
     if let Some(e) = &spec.ecr {
         names.extend(e.credentials_secret_ref.as_ref().map(|r| r.name.clone()));
     }
-    let tls = |c: &crate::api::HttpClientSettings, names: &mut Vec<String>| {
-        if let Some(t) = &c.tls {
+    let tls = |t: &Option<crate::api::TlsConfig>, names: &mut Vec<String>| {
+        if let Some(t) = t {
             names.extend(t.ca_bundle_secret_ref.as_ref().map(|r| r.name.clone()));
             names.extend(t.client_certificate_secret_ref.as_ref().map(|r| r.name.clone()));
         }
     };
     if let Some(o) = &spec.oauth2 {
         names.push(o.client_secret_ref.name.clone());
-        tls(&o.client, &mut names);
+        tls(&o.client.tls, &mut names);
     }
     if let Some(h) = &spec.http {
         names.extend(h.headers.iter().filter_map(|x| x.value_from.as_ref().map(|r| r.name.clone())));
@@ -164,10 +164,11 @@ pub fn referenced_secrets(spec: &CredentialSource) -> Vec<String> {
             names.extend(a.basic.as_ref().map(|r| r.name.clone()));
             names.extend(a.bearer.as_ref().map(|r| r.name.clone()));
         }
-        tls(&h.client, &mut names);
+        tls(&h.client.tls, &mut names);
     }
     if let Some(b) = &spec.basic {
         names.push(b.secret_ref.name.clone());
+        tls(&b.tls, &mut names);
     }
     names.sort();
     names.dedup();

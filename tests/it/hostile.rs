@@ -150,6 +150,7 @@ async fn hostile_tenants_cannot_hurt_anyone() {
             "--egress-deny-cidrs", "127.0.0.2/32,169.254.0.0/16",
             "--aws-endpoint-overrides", &moto.endpoint(),
             "--ecr-identity-namespaces", &h.name,
+            "--ecr-role-arns", "arn:aws:iam::210987654321:role/pull*",
         ],
         &[("AWS_ACCESS_KEY_ID", "AKIAOPERATOR00000001"), ("AWS_SECRET_ACCESS_KEY", "operator-secret-key-cafe01"), ("AWS_REGION", "eu-west-1"), ("AWS_EC2_METADATA_DISABLED", "true")],
     );
@@ -289,6 +290,9 @@ async fn hostile_tenants_cannot_hurt_anyone() {
         json!({"source": {"ecr": {"region": "eu-west-1", "endpoint": moto.endpoint(), "stsEndpoint": moto.endpoint(),
             "allowInsecureHTTP": true, "roleArn": "arn:aws:iam::333333333333:role/team", "webIdentity": w}}})
     };
+    // The operator's own identity may assume only the roles the admin lists.
+    suite.create(&h.name, "role-not-allowed", json!({"source": {"ecr": {"region": "eu-west-1", "endpoint": moto.endpoint(),
+        "stsEndpoint": moto.endpoint(), "allowInsecureHTTP": true, "roleArn": "arn:aws:iam::999999999999:role/admin"}}})).await;
     suite.create(&h.name, "web-not-opted", web("plain", None)).await;
     suite.create(&h.name, "web-audience", web("opted", Some("https://evil.example"))).await;
 
@@ -353,6 +357,8 @@ async fn hostile_tenants_cannot_hurt_anyone() {
         wait_ready(&client, &h.name, name, "False", Some("IdentityNotAllowed"), Duration::from_secs(60)).await;
     }
     assert!(message(&wait_ready(&client, &h.name, "web-not-opted", "False", None, Duration::from_secs(5)).await).contains("regcred.dev/web-identity"));
+    let role = wait_ready(&client, &h.name, "role-not-allowed", "False", Some("IdentityNotAllowed"), Duration::from_secs(60)).await;
+    assert!(message(&role).contains("allowed role ARNs"), "{}", message(&role));
     let echo = wait_ready(&client, &h.name, "echo", "False", Some("MintFailed"), Duration::from_secs(60)).await;
     assert!(message(&echo).contains("HTTP 400 (unrecognised error code)"), "{}", message(&echo));
     for name in ["huge", "huge-chunked", "endless"] {
@@ -431,6 +437,7 @@ async fn hostile_tenants_cannot_hurt_anyone() {
     assert_eq!(override_target.total().await, 0, "requests reached an endpoint override the admin did not allow");
     assert!(count_of(a.counts().await, "hang") >= 8, "the hanging endpoint was not even tried");
     assert_eq!(moto.calls("AssumeRoleWithWebIdentity").await, 0);
+    assert_eq!(moto.calls("AssumeRole").await, 0, "a role outside the allowlist was assumed");
     match token_requests(&h.name) {
         Some(n) => assert_eq!(n, 0, "TokenRequests were made for refused web identities"),
         None => eprintln!("no audit log on this cluster: TokenRequests not counted"),

@@ -9,3 +9,4 @@ mod local;
 mod rotation;
 mod ship;
 mod support;
+mod tls;

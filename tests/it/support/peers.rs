@@ -150,6 +150,9 @@ fn htpasswd_file(path: &Path, users: &[(&str, &str)]) {
 pub struct Registry {
     pub host: String,
     pub token_server: Option<String>,
+    /// A directory holding the test CA as `ca.crt`, for skopeo's
+    /// `--*-cert-dir`, when the registry serves https.
+    pub cert_dir: Option<PathBuf>,
     dir: TempDir,
     _procs: Vec<Proc>,
 }
@@ -157,15 +160,33 @@ pub struct Registry {
 impl Registry {
     /// A registry with htpasswd (Basic) authentication.
     pub async fn htpasswd(users: &[(&str, &str)]) -> Self {
+        Self::htpasswd_with(users, None).await
+    }
+
+    /// The same, serving https with the test CA's server certificate.
+    pub async fn htpasswd_tls(users: &[(&str, &str)], certs: &TestCerts) -> Self {
+        Self::htpasswd_with(users, Some(certs)).await
+    }
+
+    async fn htpasswd_with(users: &[(&str, &str)], certs: Option<&TestCerts>) -> Self {
         let dir = TempDir::new("registry");
         htpasswd_file(&dir.join("htpasswd"), users);
         let auth = format!("htpasswd: {{realm: regcred-test, path: {}}}", dir.join("htpasswd").display());
-        Self::start(dir, auth, Vec::new(), None).await
+        Self::start(dir, auth, Vec::new(), None, certs).await
     }
 
     /// A registry with token authentication, backed by distribution's Docker
     /// token server that authenticates users from an htpasswd file.
     pub async fn token_auth(users: &[(&str, &str)]) -> Self {
+        Self::token_auth_with(users, None).await
+    }
+
+    /// The same with the registry and the token server serving https.
+    pub async fn token_auth_tls(users: &[(&str, &str)], certs: &TestCerts) -> Self {
+        Self::token_auth_with(users, Some(certs)).await
+    }
+
+    async fn token_auth_with(users: &[(&str, &str)], certs: Option<&TestCerts>) -> Self {
         let dir = TempDir::new("registry");
         htpasswd_file(&dir.join("htpasswd"), users);
         let key = dir.join("ts.key");
@@ -186,34 +207,47 @@ impl Registry {
                 .success();
         assert!(ok, "openssl failed");
         let ts_port = free_port();
-        let realm = format!("http://127.0.0.1:{ts_port}/token/");
+        let scheme = if certs.is_some() { "https" } else { "http" };
+        let realm = format!("{scheme}://127.0.0.1:{ts_port}/token/");
         let mut ts = Command::new(peers().path("TOKEN_SERVER"));
         ts.args(["-addr", &format!("127.0.0.1:{ts_port}"), "-issuer", "regcred-test-issuer", "-realm", &realm])
             .arg("-key")
             .arg(&key)
             .arg("-passwd")
             .arg(dir.join("htpasswd"));
+        if let Some(c) = certs {
+            ts.arg("-tlscert").arg(c.path("server.crt")).arg("-tlskey").arg(c.path("server.key"));
+        }
         let ts = Proc::spawn(ts, dir.join("token-server.log"));
         wait_port(ts_port).await;
         let auth = format!(
             "token: {{realm: \"{realm}\", service: regcred-test-registry, issuer: regcred-test-issuer, rootcertbundle: {}}}",
             crt.display()
         );
-        Self::start(dir, auth, vec![ts], Some(realm)).await
+        Self::start(dir, auth, vec![ts], Some(realm), certs).await
     }
 
-    async fn start(dir: TempDir, auth: String, mut procs: Vec<Proc>, token_server: Option<String>) -> Self {
+    async fn start(dir: TempDir, auth: String, mut procs: Vec<Proc>, token_server: Option<String>, certs: Option<&TestCerts>) -> Self {
         let port = free_port();
+        let tls = certs
+            .map(|c| format!(", tls: {{certificate: {}, key: {}}}", c.path("server.crt").display(), c.path("server.key").display()))
+            .unwrap_or_default();
         let config = format!(
-            "version: 0.1\nlog: {{level: warn}}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\nhttp: {{addr: \"127.0.0.1:{port}\", secret: regcred-test}}\nauth:\n  {auth}\n",
+            "version: 0.1\nlog: {{level: warn}}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\nhttp: {{addr: \"127.0.0.1:{port}\", secret: regcred-test{tls}}}\nauth:\n  {auth}\n",
             dir.join("data").display()
         );
+        let cert_dir = certs.map(|c| {
+            let d = dir.join("ca");
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::copy(c.path("ca.crt"), d.join("ca.crt")).unwrap();
+            d
+        });
         std::fs::write(dir.join("config.yml"), config).unwrap();
         let mut cmd = Command::new(peers().path("REGISTRY"));
         cmd.arg("serve").arg(dir.join("config.yml"));
         procs.push(Proc::spawn(cmd, dir.join("registry.log")));
         wait_port(port).await;
-        Self { host: format!("127.0.0.1:{port}"), token_server, dir, _procs: procs }
+        Self { host: format!("127.0.0.1:{port}"), token_server, cert_dir, dir, _procs: procs }
     }
 
     /// Push a tiny OCI image (one empty layer) as `repo:tag` with skopeo.
@@ -221,8 +255,13 @@ impl Registry {
         let layout = self.dir.join(&format!("oci-{}", repo.replace('/', "-")));
         write_oci_layout(&layout);
         let dest = format!("docker://{}/{repo}:1", self.host);
-        let out = Command::new(peers().path("SKOPEO"))
-            .args(["copy", "--dest-tls-verify=false", "--dest-creds", &format!("{user}:{password}")])
+        let mut cmd = Command::new(peers().path("SKOPEO"));
+        match &self.cert_dir {
+            Some(d) => cmd.arg("copy").arg("--dest-cert-dir").arg(d),
+            None => cmd.args(["copy", "--dest-tls-verify=false"]),
+        };
+        let out = cmd
+            .args(["--dest-creds", &format!("{user}:{password}")])
             .arg(format!("oci:{}:1", layout.display()))
             .arg(&dest)
             .output()
@@ -277,11 +316,25 @@ fn write_oci_layout(dir: &Path) {
 /// Pull `image` (host/repo:tag) with skopeo, authenticating with a
 /// `.dockerconfigjson` exactly as written in the Secret. Err carries skopeo's stderr.
 pub fn skopeo_pull(dockerconfigjson: &[u8], image: &str) -> Result<(), String> {
+    skopeo_pull_with(dockerconfigjson, image, None)
+}
+
+/// Pull over https, trusting the CA in `cert_dir` (and verifying the chain).
+pub fn skopeo_pull_tls(dockerconfigjson: &[u8], image: &str, cert_dir: &Path) -> Result<(), String> {
+    skopeo_pull_with(dockerconfigjson, image, Some(cert_dir))
+}
+
+fn skopeo_pull_with(dockerconfigjson: &[u8], image: &str, cert_dir: Option<&Path>) -> Result<(), String> {
     let dir = TempDir::new("pull");
     let authfile = dir.join("auth.json");
     std::fs::File::create(&authfile).unwrap().write_all(dockerconfigjson).unwrap();
-    let out = Command::new(peers().path("SKOPEO"))
-        .args(["copy", "--src-tls-verify=false", "--authfile"])
+    let mut cmd = Command::new(peers().path("SKOPEO"));
+    match cert_dir {
+        Some(d) => cmd.arg("copy").arg("--src-cert-dir").arg(d),
+        None => cmd.args(["copy", "--src-tls-verify=false"]),
+    };
+    let out = cmd
+        .arg("--authfile")
         .arg(&authfile)
         .arg(format!("docker://{image}"))
         .arg(format!("dir:{}", dir.join("image").display()))
@@ -302,19 +355,69 @@ pub struct OAuth2Server {
     ttl: u64,
     dir: TempDir,
     proc: Option<Proc>,
+    /// (server cert, key, CA, client CA required) when serving https.
+    tls: Option<OAuth2Tls>,
+}
+
+/// How an [`OAuth2Server`] serves https.
+#[derive(Clone)]
+pub struct OAuth2Tls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+    /// Demand a client certificate signed by the CA; the tests' own calls
+    /// then present `client_cert`/`client_key`.
+    pub client: Option<(PathBuf, PathBuf)>,
 }
 
 impl OAuth2Server {
     pub async fn start(ttl_seconds: u64) -> Self {
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
         let secret = format!("client-secret-{}", &sha256_hex(format!("{}-{nanos}", std::process::id()).as_bytes())[..32]);
-        let mut s = Self { port: free_port(), secret, ttl: ttl_seconds, dir: TempDir::new("oauth2"), proc: None };
+        let mut s = Self { port: free_port(), secret, ttl: ttl_seconds, dir: TempDir::new("oauth2"), proc: None, tls: None };
         s.resume().await;
         s
     }
 
+    /// The same over https with certificates from [`TestCerts`]; with
+    /// `mutual`, clients must present a certificate signed by the test CA.
+    pub async fn start_tls(ttl_seconds: u64, certs: &TestCerts, mutual: bool) -> Self {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let secret = format!("client-secret-{}", &sha256_hex(format!("tls-{}-{nanos}", std::process::id()).as_bytes())[..32]);
+        let tls = OAuth2Tls {
+            cert: certs.path("server.crt"),
+            key: certs.path("server.key"),
+            ca: certs.path("ca.crt"),
+            client: mutual.then(|| (certs.path("client.crt"), certs.path("client.key"))),
+        };
+        let mut s = Self { port: free_port(), secret, ttl: ttl_seconds, dir: TempDir::new("oauth2"), proc: None, tls: Some(tls) };
+        s.resume().await;
+        s
+    }
+
+    fn base(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
     pub fn token_url(&self) -> String {
-        format!("http://127.0.0.1:{}/token", self.port)
+        format!("{}/token", self.base())
+    }
+
+    /// A client for the tests' own calls (stats, introspection).
+    fn http(&self) -> reqwest::Client {
+        regcred::install_crypto_provider();
+        let mut b = reqwest::Client::builder();
+        if let Some(t) = &self.tls {
+            let ca = reqwest::Certificate::from_pem(&std::fs::read(&t.ca).unwrap()).unwrap();
+            b = b.tls_built_in_root_certs(false).add_root_certificate(ca);
+            if let Some((crt, key)) = &t.client {
+                let mut pem = std::fs::read(crt).unwrap();
+                pem.extend(std::fs::read(key).unwrap());
+                b = b.identity(reqwest::Identity::from_pem(&pem).unwrap());
+            }
+        }
+        b.build().unwrap()
     }
 
     /// Start (again) on the same port.
@@ -326,6 +429,12 @@ impl OAuth2Server {
             .env("PORT", self.port.to_string())
             .env("TOKEN_TTL", self.ttl.to_string())
             .env("CLIENT_SECRET", &self.secret);
+        if let Some(t) = &self.tls {
+            cmd.env("TLS_CERT", &t.cert).env("TLS_KEY", &t.key);
+            if t.client.is_some() {
+                cmd.env("TLS_CLIENT_CA", &t.ca);
+            }
+        }
         let n = NEXT_DIR.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = self.dir.join(&format!("oauth2-{n}.log"));
         self.proc = Some(Proc::spawn(cmd, log));
@@ -340,18 +449,17 @@ impl OAuth2Server {
 
     /// (token requests, tokens issued) since this process started.
     pub async fn stats(&self) -> (u64, u64) {
-        regcred::install_crypto_provider();
-        let body = reqwest::get(format!("http://127.0.0.1:{}/_stats", self.port)).await.unwrap().bytes().await.unwrap();
+        let body = self.http().get(format!("{}/_stats", self.base())).send().await.unwrap().bytes().await.unwrap();
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         (v["token_requests"].as_u64().unwrap(), v["tokens_issued"].as_u64().unwrap())
     }
 
     /// Is this access token active, according to the server (RFC 7662)?
     pub async fn active(&self, token: &str) -> bool {
-        regcred::install_crypto_provider();
         let form: String = url::form_urlencoded::Serializer::new(String::new()).append_pair("token", token).finish();
-        let body = reqwest::Client::new()
-            .post(format!("http://127.0.0.1:{}/token/introspection", self.port))
+        let body = self
+            .http()
+            .post(format!("{}/token/introspection", self.base()))
             .basic_auth("regcred-basic", Some(&self.secret))
             .header("content-type", "application/x-www-form-urlencoded")
             .body(form)

@@ -4,6 +4,9 @@
 //
 //   PORT=0 TOKEN_TTL=30 CLIENT_SECRET=... node server.mjs
 //
+// With TLS_CERT and TLS_KEY (PEM files) it serves https; with TLS_CLIENT_CA
+// as well it demands a client certificate signed by that CA (mutual TLS).
+//
 // Prints `LISTENING <port>` once it accepts connections. GET /_stats answers
 // {"token_requests": n, "tokens_issued": n} so tests can count mints.
 import Provider from 'oidc-provider';
@@ -28,8 +31,11 @@ const client = (id, method) => ({
   scope: 'registry:pull',
 });
 
+const tls = process.env.TLS_CERT && process.env.TLS_KEY;
+const scheme = tls ? 'https' : 'http';
+
 function start(issuerPort) {
-  const provider = new Provider(`http://127.0.0.1:${issuerPort}`, {
+  const provider = new Provider(`${scheme}://127.0.0.1:${issuerPort}`, {
     clients: [client('regcred-basic', 'client_secret_basic'), client('regcred-post', 'client_secret_post')],
     features: {
       clientCredentials: { enabled: true },
@@ -55,7 +61,18 @@ function start(issuerPort) {
 
 // The issuer URL must carry the real port, so bind first, then mount.
 import http from 'node:http';
-const server = http.createServer();
+import https from 'node:https';
+import fs from 'node:fs';
+let server;
+if (tls) {
+  const options = { cert: fs.readFileSync(process.env.TLS_CERT), key: fs.readFileSync(process.env.TLS_KEY) };
+  if (process.env.TLS_CLIENT_CA) {
+    Object.assign(options, { ca: fs.readFileSync(process.env.TLS_CLIENT_CA), requestCert: true, rejectUnauthorized: true });
+  }
+  server = https.createServer(options);
+} else {
+  server = http.createServer();
+}
 server.listen(port, '127.0.0.1', () => {
   const actual = server.address().port;
   const provider = start(actual);
