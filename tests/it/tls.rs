@@ -25,58 +25,57 @@ fn key_line(certs: &TestCerts) -> String {
     certs.pem("client.key").lines().nth(1).unwrap().to_string()
 }
 
-#[tokio::test]
-async fn oauth2_over_https_with_a_private_ca() {
-    let (client, ns) = setup("tls-oauth2").await;
+/// An OAuth2 server over https (demanding client certificates when
+/// `mutual`), an operator, and the Secrets `client`, `ca`, `client-cert`.
+async fn oauth2_tls_setup(prefix: &str, mutual: bool) -> (kube::Client, TestNamespace, TestCerts, OAuth2Server, Operator) {
+    let (client, ns) = setup(prefix).await;
     let certs = TestCerts::new();
-    let server = OAuth2Server::start_tls(300, &certs, false).await;
+    let server = OAuth2Server::start_tls(300, &certs, mutual).await;
     let operator = Operator::start(&ns.name);
     tls_secrets(&client, &ns.name, &certs).await;
     create_secret(&client, &ns.name, "client", json!({"client_id": "regcred-basic", "client_secret": server.secret})).await;
-    let spec = |tls: serde_json::Value| json!({"source": {"oauth2": {
+    (client, ns, certs, server, operator)
+}
+
+fn oauth2_spec(server: &OAuth2Server, tls: serde_json::Value) -> serde_json::Value {
+    json!({"source": {"oauth2": {
         "tokenURL": server.token_url(), "clientSecretRef": {"name": "client"},
         "registries": ["registry.example.com"], "tls": tls
-    }}});
-    create_credential(&client, &ns.name, "trusted", spec(json!({"caBundleSecretRef": {"name": "ca", "key": "ca.crt"}}))).await;
-    create_credential(&client, &ns.name, "untrusted", spec(json!({}))).await;
+    }}})
+}
 
-    wait_ready(&client, &ns.name, "trusted", "True", Some("Rotated"), Duration::from_secs(60)).await;
-    let s = Api::<Secret>::namespaced(client.clone(), &ns.name).get("trusted").await.unwrap();
+/// `ok` becomes Ready with a token the server calls active; `refused` fails
+/// with a message holding `words`; only one token request reached the server.
+async fn one_works_one_is_refused(client: &kube::Client, ns: &str, server: &OAuth2Server, ok: &str, refused: &str, words: &[&str]) -> String {
+    wait_ready(client, ns, ok, "True", Some("Rotated"), Duration::from_secs(60)).await;
+    let s = Api::<Secret>::namespaced(client.clone(), ns).get(ok).await.unwrap();
     let token = password_in(&s, "registry.example.com");
-    assert!(server.active(&token).await, "the token minted over https is not active");
-    let cr = wait_ready(&client, &ns.name, "untrusted", "False", Some("MintFailed"), Duration::from_secs(60)).await;
+    assert!(server.active(&token).await, "{ok}: the token minted over https is not active");
+    let cr = wait_ready(client, ns, refused, "False", Some("MintFailed"), Duration::from_secs(60)).await;
     let msg = &cr.ready().unwrap().message;
-    assert!(msg.contains("not signed by a trusted CA"), "{msg}");
+    assert!(words.iter().all(|w| msg.contains(w)), "{refused}: {msg}");
     // The refused handshake sent no token request.
     assert_eq!(server.stats().await.0, 1, "token requests at the server");
+    token
+}
+
+#[tokio::test]
+async fn oauth2_over_https_with_a_private_ca() {
+    let (client, ns, certs, server, operator) = oauth2_tls_setup("tls-oauth2", false).await;
+    create_credential(&client, &ns.name, "trusted", oauth2_spec(&server, json!({"caBundleSecretRef": {"name": "ca", "key": "ca.crt"}}))).await;
+    create_credential(&client, &ns.name, "untrusted", oauth2_spec(&server, json!({}))).await;
+    let token = one_works_one_is_refused(&client, &ns.name, &server, "trusted", "untrusted", &["not signed by a trusted CA"]).await;
     assert_no_secrets(&client, &ns.name, &operator, &[server.secret.clone(), token, key_line(&certs)]).await;
 }
 
 #[tokio::test]
 async fn oauth2_server_demanding_a_client_certificate() {
-    let (client, ns) = setup("tls-mtls").await;
-    let certs = TestCerts::new();
-    let server = OAuth2Server::start_tls(300, &certs, true).await;
-    let operator = Operator::start(&ns.name);
-    tls_secrets(&client, &ns.name, &certs).await;
-    create_secret(&client, &ns.name, "client", json!({"client_id": "regcred-basic", "client_secret": server.secret})).await;
-    let spec = |tls: serde_json::Value| json!({"source": {"oauth2": {
-        "tokenURL": server.token_url(), "clientSecretRef": {"name": "client"},
-        "registries": ["registry.example.com"], "tls": tls
-    }}});
-    create_credential(&client, &ns.name, "with-cert", spec(json!({
+    let (client, ns, certs, server, operator) = oauth2_tls_setup("tls-mtls", true).await;
+    create_credential(&client, &ns.name, "with-cert", oauth2_spec(&server, json!({
         "caBundleSecretRef": {"name": "ca", "key": "ca.crt"}, "clientCertificateSecretRef": {"name": "client-cert"}
     }))).await;
-    create_credential(&client, &ns.name, "without-cert", spec(json!({"caBundleSecretRef": {"name": "ca", "key": "ca.crt"}}))).await;
-
-    wait_ready(&client, &ns.name, "with-cert", "True", Some("Rotated"), Duration::from_secs(60)).await;
-    let s = Api::<Secret>::namespaced(client.clone(), &ns.name).get("with-cert").await.unwrap();
-    let token = password_in(&s, "registry.example.com");
-    assert!(server.active(&token).await, "the token minted with mutual TLS is not active");
-    let cr = wait_ready(&client, &ns.name, "without-cert", "False", Some("MintFailed"), Duration::from_secs(60)).await;
-    let msg = &cr.ready().unwrap().message;
-    assert!(msg.contains("TLS") && msg.contains("client certificate"), "{msg}");
-    assert_eq!(server.stats().await.0, 1, "token requests at the server");
+    create_credential(&client, &ns.name, "without-cert", oauth2_spec(&server, json!({"caBundleSecretRef": {"name": "ca", "key": "ca.crt"}}))).await;
+    let token = one_works_one_is_refused(&client, &ns.name, &server, "with-cert", "without-cert", &["TLS", "client certificate"]).await;
     assert_no_secrets(&client, &ns.name, &operator, &[server.secret.clone(), token, key_line(&certs)]).await;
 }
 
