@@ -18,7 +18,11 @@ pub enum Command {
     /// Run the operator.
     Run(RunArgs),
     /// Print the RegistryCredential CustomResourceDefinition as YAML.
-    Crd,
+    Crd {
+        /// Print the ClusterRegistryCredential CRD instead.
+        #[arg(long)]
+        cluster: bool,
+    },
 }
 
 #[derive(Args, Debug, Clone)]

@@ -49,6 +49,9 @@ pub struct Settings {
     pub min_mint_interval: chrono::Duration,
     /// The longest a mint (every request of it) may take.
     pub mint_timeout: Duration,
+    /// The operator's own namespace: home of ClusterRegistryCredentials'
+    /// Secrets and the default namespace of what their sources read.
+    pub operator_namespace: String,
 }
 
 impl Settings {
@@ -70,6 +73,7 @@ impl Default for Settings {
             net: Default::default(),
             min_mint_interval: schedule::DEFAULT_MIN_MINT_INTERVAL,
             mint_timeout: Duration::from_secs(60),
+            operator_namespace: "default".into(),
         }
     }
 }
@@ -89,7 +93,7 @@ impl Progress {
         Self { started: Instant::now(), in_flight: AtomicUsize::new(0), last_done_ms: AtomicU64::new(0), stall_after }
     }
 
-    fn begin(self: &Arc<Self>) -> InFlight {
+    pub(crate) fn begin(self: &Arc<Self>) -> InFlight {
         if self.in_flight.fetch_add(1, Ordering::SeqCst) == 0 {
             // Idle until now: the stall clock starts with this reconcile.
             self.mark_done();
@@ -113,7 +117,7 @@ impl Progress {
     }
 }
 
-struct InFlight(Arc<Progress>);
+pub(crate) struct InFlight(Arc<Progress>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -253,13 +257,12 @@ pub enum Error {
     Deadline(Duration),
 }
 
-fn kube_err(step: &'static str) -> impl FnOnce(kube::Error) -> Error {
+pub(crate) fn kube_err(step: &'static str) -> impl FnOnce(kube::Error) -> Error {
     move |source| Error::Kube { step, source }
 }
 
 /// The kind of source, for metric labels.
-fn source_kind(cr: &RegistryCredential) -> &'static str {
-    let s = &cr.spec.source;
+fn source_kind(s: &api::CredentialSource) -> &'static str {
     if s.ecr.is_some() {
         "ecr"
     } else if s.oauth2.is_some() {
@@ -273,21 +276,20 @@ fn source_kind(cr: &RegistryCredential) -> &'static str {
 
 /// The renewal policy of a credential. Durations are clamped to what the
 /// CRD admits, so an object stored before a bound existed is safe too.
-fn policy(cr: &RegistryCredential, min_interval: chrono::Duration) -> Result<Policy, SourceError> {
-    let renew_before = cr
-        .spec
+pub(crate) fn policy(renewal: &api::Renewal, source: &api::CredentialSource, min_interval: chrono::Duration) -> Result<Policy, SourceError> {
+    let renew_before = renewal
         .renew_before
         .as_deref()
         .map(|d| source::parse_duration("spec.renewBefore", d).map(|d| d.min(schedule::MAX_LIFETIME)))
         .transpose()?;
-    let refresh_interval = match cr.spec.source.basic.as_ref().and_then(|b| b.refresh_interval.as_deref()) {
+    let refresh_interval = match source.basic.as_ref().and_then(|b| b.refresh_interval.as_deref()) {
         Some(d) => source::parse_duration("spec.source.basic.refreshInterval", d)?
             .clamp(schedule::MIN_REFRESH_INTERVAL, schedule::MAX_REFRESH_INTERVAL),
         None => schedule::DEFAULT_REFRESH_INTERVAL,
     };
     Ok(Policy {
         renew_before,
-        renew_before_percentage: cr.spec.renew_before_percentage.map(|p| p.clamp(1, 99) as u8),
+        renew_before_percentage: renewal.renew_before_percentage.map(|p| p.clamp(1, 99) as u8),
         refresh_interval,
         min_interval,
     })
@@ -295,9 +297,10 @@ fn policy(cr: &RegistryCredential, min_interval: chrono::Duration) -> Result<Pol
 
 /// Fingerprint of what a mint depends on: the spec generation and the
 /// resourceVersion of each referenced Secret (metadata only; no data read).
-async fn inputs(cr: &RegistryCredential, secrets: &Api<Secret>) -> Result<String, Error> {
-    let mut parts = vec![format!("g{}", cr.metadata.generation.unwrap_or(0))];
-    for name in source::referenced_secrets(&cr.spec.source) {
+pub(crate) async fn inputs(generation: Option<i64>, source_spec: &api::CredentialSource, secrets: &Api<Secret>) -> Result<String, Error> {
+    let generation = generation.unwrap_or(0);
+    let mut parts = vec![format!("g{generation}")];
+    for name in source::referenced_secrets(source_spec) {
         let rv = secrets
             .get_metadata_opt(&name)
             .await
@@ -306,7 +309,39 @@ async fn inputs(cr: &RegistryCredential, secrets: &Api<Secret>) -> Result<String
             .unwrap_or_else(|| "missing".into());
         parts.push(format!("{name}@{rv}"));
     }
-    Ok(format!("g{}-{:016x}", cr.metadata.generation.unwrap_or(0), schedule::seed(&parts.join(","))))
+    Ok(format!("g{generation}-{:016x}", schedule::seed(&parts.join(","))))
+}
+
+/// What regcred knows of a Secret it may own.
+pub(crate) fn secret_state(existing: Option<&Secret>, ours: impl Fn(&Secret) -> bool) -> SecretState {
+    match existing {
+        None => SecretState::Missing,
+        Some(s) if !ours(s) => SecretState::Foreign,
+        Some(s) => {
+            let a = secret::read_annotations(s);
+            SecretState::Ours(OurSecret { intact: a.intact, inputs: a.inputs, not_after: a.not_after, renewal_time: a.renewal_time })
+        }
+    }
+}
+
+/// Everything the schedule's decision looks at, from status and the Secret.
+pub(crate) fn observed(
+    secret: SecretState,
+    desired_inputs: String,
+    prev: &api::RegistryCredentialStatus,
+    min_interval: chrono::Duration,
+    seed: u64,
+) -> Observed {
+    Observed {
+        secret,
+        desired_inputs,
+        attempted_inputs: prev.observed_inputs.clone(),
+        failed_attempts: prev.failed_attempts.max(0) as u32,
+        last_failure: prev.last_failure_time,
+        last_attempt: prev.last_rotation_time.max(prev.last_failure_time),
+        min_interval,
+        seed,
+    }
 }
 
 /// Run a future, turning a panic inside it into an `Err` with its message,
@@ -371,9 +406,22 @@ async fn reconcile_inner(cached: &RegistryCredential, ctx: &Context) -> Result<A
         return Ok(Action::await_change());
     };
     let cr = &fresh;
-    if cr.metadata.deletion_timestamp.is_some() {
-        // The owner reference lets garbage collection remove the Secret.
+    let wants_accounts = cr.spec.service_accounts.is_some();
+    if cr.metadata.deletion_timestamp.is_some() || (!wants_accounts && has_finalizer(cr)) {
+        // The owner reference lets garbage collection remove the Secret;
+        // the ServiceAccount entries are ours to remove.
+        if has_finalizer(cr) {
+            let accounts = list_accounts(ctx, &ns).await?;
+            crate::serviceaccounts::sync_namespace(&ctx.client, &ns, &accounts, &cr.secret_name(), None)
+                .await
+                .map_err(kube_err("removing ServiceAccount entries"))?;
+            set_finalizer(&crs, cr, false).await.map_err(kube_err("removing the finalizer"))?;
+        }
         return Ok(Action::await_change());
+    }
+    if wants_accounts && !has_finalizer(cr) {
+        // Before the first entry is added: the entries must be removable.
+        set_finalizer(&crs, cr, true).await.map_err(kube_err("adding the finalizer"))?;
     }
     let now = (ctx.now)();
     let secret_name = cr.secret_name();
@@ -385,25 +433,9 @@ async fn reconcile_inner(cached: &RegistryCredential, ctx: &Context) -> Result<A
     let min_interval = ctx.settings.min_mint_interval;
 
     let existing = secrets.get_opt(&secret_name).await.map_err(kube_err("reading the target Secret"))?;
-    let state = match &existing {
-        None => SecretState::Missing,
-        Some(s) if !secret::is_ours(s, cr) => SecretState::Foreign,
-        Some(s) => {
-            let a = secret::read_annotations(s);
-            SecretState::Ours(OurSecret { intact: a.intact, inputs: a.inputs, not_after: a.not_after, renewal_time: a.renewal_time })
-        }
-    };
-    let desired_inputs = inputs(cr, &secrets).await?;
-    let observed = Observed {
-        secret: state.clone(),
-        desired_inputs: desired_inputs.clone(),
-        attempted_inputs: prev.observed_inputs.clone(),
-        failed_attempts: prev.failed_attempts.max(0) as u32,
-        last_failure: prev.last_failure_time,
-        last_attempt: prev.last_rotation_time.max(prev.last_failure_time),
-        min_interval,
-        seed,
-    };
+    let state = secret_state(existing.as_ref(), |s| secret::is_ours(s, cr));
+    let desired_inputs = inputs(cr.metadata.generation, &cr.spec.source, &secrets).await?;
+    let observed = observed(state.clone(), desired_inputs.clone(), &prev, min_interval, seed);
 
     // decide
     let why = match schedule::decide(now, &observed) {
@@ -427,6 +459,9 @@ async fn reconcile_inner(cached: &RegistryCredential, ctx: &Context) -> Result<A
                 ctx.metrics.renewal.get_or_create(&labels).set(at.timestamp());
             }
             ctx.metrics.ready.get_or_create(&labels).set(i64::from(cr.ready().is_some_and(|c| c.status == "True")));
+            if matches!(&state, SecretState::Ours(s) if s.intact) {
+                sync_accounts(ctx, cr, &ns).await?;
+            }
             return Ok(Action::requeue(schedule::requeue_after(now, at)));
         }
         Decision::Mint(why) => why,
@@ -440,24 +475,13 @@ async fn reconcile_inner(cached: &RegistryCredential, ctx: &Context) -> Result<A
     };
     // Everything that can fail because of the source, in one place and under
     // one deadline: any failure here leaves the current Secret as it is.
-    let mint_timeout = ctx.settings.mint_timeout;
     let attempt = async {
-        let policy = policy(cr, min_interval)?;
-        let cx = source_cx(ctx, cr, policy, seed);
-        let minted = tokio::time::timeout(mint_timeout, async { source::from_spec(&cr.spec.source, cx)?.mint().await })
-            .await
-            .map_err(|_| SourceError::Deadline(format!("the source did not answer within {}s", mint_timeout.as_secs())))??;
-        ctx.metrics.mints.get_or_create(&SourceLabels { source: source_kind(cr).into() }).inc();
-        let minted = minted.checked()?;
-        if minted.expires_at.is_some_and(|t| t <= now) {
-            let problem = "the credential had already expired when it arrived".into();
-            return Err(SourceError::InvalidResponse { endpoint: "source".into(), problem });
-        }
-        let renewal = schedule::renewal(minted.issued_at, minted.expires_at, &policy, seed);
+        let who = Minter { refs_namespace: &ns, name: &name, cluster_scoped: false, seed };
+        let (minted, renewal) = mint(ctx, &who, &cr.spec.source, &cr.spec.renewal, now).await?;
         // Empty or oversized: the source's answer is unusable.
         let desired = secret::desired(cr, &minted, &desired_inputs, renewal.at)
             .map_err(|e| SourceError::InvalidResponse { endpoint: "source".into(), problem: e.to_string() })?;
-        Ok((minted, renewal, desired))
+        Ok::<_, SourceError>((minted, renewal, desired))
     }
     .await;
     let (minted, renewal, desired) = match attempt {
@@ -508,13 +532,99 @@ async fn reconcile_inner(cached: &RegistryCredential, ctx: &Context) -> Result<A
         }
     }
     info!(namespace = %ns, name = %name, renewal = %renewal.at, not_after = ?minted.expires_at, "rotated");
+    sync_accounts(ctx, cr, &ns).await?;
     Ok(Action::requeue(schedule::requeue_after((ctx.now)(), renewal.at)))
+}
+
+/// Bring the namespace's ServiceAccounts in line with `spec.serviceAccounts`.
+async fn sync_accounts(ctx: &Context, cr: &RegistryCredential, ns: &str) -> Result<(), Error> {
+    let Some(selection) = cr.spec.service_accounts.as_ref() else { return Ok(()) };
+    let accounts = list_accounts(ctx, ns).await?;
+    crate::serviceaccounts::sync_namespace(&ctx.client, ns, &accounts, &cr.secret_name(), Some(selection))
+        .await
+        .map_err(kube_err("updating ServiceAccounts"))?;
+    Ok(())
+}
+
+async fn list_accounts(ctx: &Context, ns: &str) -> Result<Vec<k8s_openapi::api::core::v1::ServiceAccount>, Error> {
+    let api: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(ctx.client.clone(), ns);
+    Ok(api.list(&Default::default()).await.map_err(kube_err("listing ServiceAccounts"))?.items)
+}
+
+pub(crate) fn has_finalizer<K: Resource>(obj: &K) -> bool {
+    obj.meta().finalizers.iter().flatten().any(|f| f == api::FINALIZER)
+}
+
+/// Add or remove regcred's finalizer, conditional on the resourceVersion
+/// read (a merge patch carrying it is a precondition), keeping others'.
+pub(crate) async fn set_finalizer<K>(api: &Api<K>, obj: &K, present: bool) -> Result<(), kube::Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    if has_finalizer(obj) == present {
+        return Ok(());
+    }
+    let mut list: Vec<String> = obj.meta().finalizers.clone().unwrap_or_default();
+    if present {
+        list.push(api::FINALIZER.into());
+    } else {
+        list.retain(|f| f != api::FINALIZER);
+    }
+    let patch = serde_json::json!({"metadata": {"finalizers": list, "resourceVersion": obj.meta().resource_version}});
+    let name = obj.meta().name.clone().unwrap_or_default();
+    api.patch(&name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(patch)).await?;
+    Ok(())
+}
+
+/// Who is minting: where its referenced Secrets live, its name (for the
+/// AWS session), whether it is cluster-scoped (an admin's object), and its
+/// jitter seed.
+pub(crate) struct Minter<'a> {
+    pub refs_namespace: &'a str,
+    pub name: &'a str,
+    pub cluster_scoped: bool,
+    pub seed: u64,
+}
+
+/// One mint under the deadline: the checked credential and its renewal
+/// instant, or why not. Leaves nothing written.
+pub(crate) async fn mint(
+    ctx: &Context,
+    who: &Minter<'_>,
+    source_spec: &api::CredentialSource,
+    renewal: &api::Renewal,
+    now: DateTime<Utc>,
+) -> Result<(source::Minted, schedule::Renewal), SourceError> {
+    let policy = policy(renewal, source_spec, ctx.settings.min_mint_interval)?;
+    let cx = SourceContext {
+        secrets: SecretReader::new(ctx.client.clone(), who.refs_namespace),
+        namespace: who.refs_namespace.to_string(),
+        name: who.name.to_string(),
+        cluster_scoped: who.cluster_scoped,
+        now: ctx.now,
+        ecr: ctx.ecr.clone(),
+        net: ctx.settings.net.clone(),
+        policy,
+        seed: who.seed,
+    };
+    let mint_timeout = ctx.settings.mint_timeout;
+    let minted = tokio::time::timeout(mint_timeout, async { source::from_spec(source_spec, cx)?.mint().await })
+        .await
+        .map_err(|_| SourceError::Deadline(format!("the source did not answer within {}s", mint_timeout.as_secs())))??;
+    ctx.metrics.mints.get_or_create(&SourceLabels { source: source_kind(source_spec).into() }).inc();
+    let minted = minted.checked()?;
+    if minted.expires_at.is_some_and(|t| t <= now) {
+        let problem = "the credential had already expired when it arrived".into();
+        return Err(SourceError::InvalidResponse { endpoint: "source".into(), problem });
+    }
+    let renewal = schedule::renewal(minted.issued_at, minted.expires_at, &policy, who.seed);
+    Ok((minted, renewal))
 }
 
 /// Remove every password of `minted` from a message (an API server error
 /// about the Secret should never hold one, but the message is shown to
 /// users, so make sure).
-fn redact(message: &str, minted: &source::Minted) -> String {
+pub(crate) fn redact(message: &str, minted: &source::Minted) -> String {
     use secrecy::ExposeSecret;
     let mut out: String = message.chars().take(512).collect();
     for e in &minted.entries {
@@ -524,20 +634,6 @@ fn redact(message: &str, minted: &source::Minted) -> String {
         }
     }
     out
-}
-
-fn source_cx(ctx: &Context, cr: &RegistryCredential, policy: Policy, seed: u64) -> SourceContext {
-    let ns = cr.namespace().unwrap_or_default();
-    SourceContext {
-        secrets: SecretReader::new(ctx.client.clone(), &ns),
-        namespace: ns,
-        name: cr.name_any(),
-        now: ctx.now,
-        ecr: ctx.ecr.clone(),
-        net: ctx.settings.net.clone(),
-        policy,
-        seed,
-    }
 }
 
 /// A failed attempt: the Secret stays as it is; status, Event and metrics say
@@ -576,6 +672,17 @@ async fn fail(
 }
 
 async fn publish(ctx: &Context, cr: &RegistryCredential, type_: EventType, reason: &str, note: Option<String>) {
+    publish_to(ctx, &cr.object_ref(&()), type_, reason, note).await
+}
+
+/// Publish an Event about any object (notes are capped at 1000 characters).
+pub(crate) async fn publish_to(
+    ctx: &Context,
+    about: &k8s_openapi::api::core::v1::ObjectReference,
+    type_: EventType,
+    reason: &str,
+    note: Option<String>,
+) {
     let ev = Event {
         type_,
         reason: reason.into(),
@@ -583,7 +690,7 @@ async fn publish(ctx: &Context, cr: &RegistryCredential, type_: EventType, reaso
         action: "Reconcile".into(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&ev, &cr.object_ref(&())).await {
+    if let Err(e) = ctx.recorder.publish(&ev, about).await {
         warn!(error = %crate::source::summarize_kube_error(&e), "publishing an Event failed");
     }
 }
@@ -643,19 +750,44 @@ pub async fn run(
     let referenced = watcher(secrets, watcher::Config::default().labels(&format!("{}!={}", api::MANAGED_BY_LABEL, api::MANAGED_BY_VALUE)))
         .default_backoff()
         .touched_objects();
-    let ctx = Arc::new(Context::new(client, &settings, metrics, progress));
-    Controller::for_stream(cr_stream, reader)
+    // ServiceAccounts (metadata): one created or relabelled gets the
+    // entries of the credentials of its namespace that select accounts.
+    let accounts: Api<PartialObjectMeta<k8s_openapi::api::core::v1::ServiceAccount>> = match &settings.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let sa_stream = watcher(accounts, watcher::Config::default()).default_backoff().touched_objects();
+    let selecting = reader.clone();
+    let ctx = Arc::new(Context::new(client.clone(), &settings, metrics, progress));
+    let shutdown = futures::FutureExt::shared(shutdown);
+    let namespaced = Controller::for_stream(cr_stream, reader)
         .owns_stream(owned)
         .watches_stream(referenced, move |s| referencing(&index, &s))
+        .watches_stream(sa_stream, move |sa| {
+            let ns = sa.metadata.namespace.clone().unwrap_or_default();
+            selecting
+                .state()
+                .iter()
+                .filter(|cr| cr.metadata.namespace.as_deref() == Some(ns.as_str()) && cr.spec.service_accounts.is_some())
+                .map(|cr| ObjectRef::from_obj(cr.as_ref()))
+                .collect::<Vec<_>>()
+        })
         .with_config(ControllerConfig::default().concurrency(settings.concurrency))
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+        .graceful_shutdown_on(shutdown.clone())
+        .run(reconcile, error_policy, ctx.clone())
         .for_each(|res| async move {
             if let Err(e) = res {
                 debug!(error = %e, "reconcile error");
             }
-        })
-        .await;
+        });
+    // ClusterRegistryCredentials need cluster-wide access: only when the
+    // operator watches every namespace.
+    if settings.namespace.is_none() {
+        let fleet = crate::fleet::run(client, ctx, settings.operator_namespace.clone(), settings.selector.clone(), settings.concurrency.min(8), shutdown);
+        futures::join!(namespaced, fleet);
+    } else {
+        namespaced.await;
+    }
 }
 
 fn live_keys(store: &Store<RegistryCredential>) -> Vec<(String, String)> {

@@ -15,7 +15,8 @@ use tracing::{error, info};
 fn main() -> anyhow::Result<()> {
     regcred::install_crypto_provider();
     match Cli::parse().command {
-        Command::Crd => print!("{}", regcred::crdgen::crd_yaml()),
+        Command::Crd { cluster: false } => print!("{}", regcred::crdgen::crd_yaml()),
+        Command::Crd { cluster: true } => print!("{}", regcred::crdgen::cluster_crd_yaml()),
         Command::Run(args) => {
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(args))?;
         }
@@ -103,6 +104,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         net: NetPolicy { egress: Arc::new(egress), max_response_bytes: args.max_response_bytes as usize },
         min_mint_interval: chrono::Duration::seconds(i64::from(args.min_mint_interval_seconds)),
         mint_timeout: std::time::Duration::from_secs(u64::from(args.mint_timeout_seconds)),
+        operator_namespace: args.leader_election_namespace.clone(),
     };
     // Stalled: work in flight and nothing finished for longer than any
     // reconcile may take.

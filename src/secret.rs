@@ -59,13 +59,12 @@ pub fn is_complete(data: &[u8]) -> bool {
 /// Is `secret` controlled by this credential (a controller owner reference
 /// with its UID)?
 pub fn is_ours(secret: &Secret, cr: &RegistryCredential) -> bool {
-    let Some(uid) = cr.meta().uid.as_deref() else { return false };
-    secret
-        .metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .any(|o| o.controller == Some(true) && o.uid == uid && o.kind == "RegistryCredential")
+    cr.meta().uid.as_deref().is_some_and(|uid| is_controlled_by(&secret.metadata, uid, "RegistryCredential"))
+}
+
+/// Does a controller owner reference of this kind and UID stand on the object?
+pub fn is_controlled_by(meta: &ObjectMeta, uid: &str, kind: &str) -> bool {
+    meta.owner_references.iter().flatten().any(|o| o.controller == Some(true) && o.uid == uid && o.kind == kind)
 }
 
 /// The parts of our Secret's annotations that the schedule needs.
@@ -104,6 +103,17 @@ fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
+/// Where a Secret goes and what marks it as regcred's.
+pub struct Placement {
+    pub namespace: String,
+    pub name: String,
+    /// The controller owner reference (the credential).
+    pub owner: k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
+    pub template: crate::api::SecretTemplate,
+    /// The label naming the credential (key, value).
+    pub credential_label: (&'static str, String),
+}
+
 /// The Secret as regcred wants it.
 pub fn desired(
     cr: &RegistryCredential,
@@ -111,6 +121,18 @@ pub fn desired(
     inputs: &str,
     renewal_time: DateTime<Utc>,
 ) -> Result<Secret, WriteError> {
+    let placement = Placement {
+        namespace: cr.meta().namespace.clone().unwrap_or_default(),
+        name: cr.secret_name(),
+        owner: cr.controller_owner_ref(&()).unwrap_or_default(),
+        template: cr.spec.secret_template.clone().unwrap_or_default(),
+        credential_label: (api::CREDENTIAL_LABEL, cr.meta().name.clone().unwrap_or_default()),
+    };
+    desired_at(&placement, minted, inputs, renewal_time)
+}
+
+/// The Secret for a placement holding `minted`.
+pub fn desired_at(p: &Placement, minted: &Minted, inputs: &str, renewal_time: DateTime<Utc>) -> Result<Secret, WriteError> {
     if minted.entries.is_empty() {
         return Err(WriteError::Empty);
     }
@@ -118,11 +140,7 @@ pub fn desired(
     if data.len() > MAX_DATA_BYTES {
         return Err(WriteError::TooLarge { bytes: data.len() });
     }
-    let template = cr.spec.secret_template.clone().unwrap_or_default();
-    let mut labels: BTreeMap<String, String> = template.labels;
-    labels.insert(api::MANAGED_BY_LABEL.into(), api::MANAGED_BY_VALUE.into());
-    labels.insert(api::CREDENTIAL_LABEL.into(), cr.meta().name.clone().unwrap_or_default());
-    let mut annotations: BTreeMap<String, String> = template.annotations;
+    let mut annotations = BTreeMap::new();
     annotations.insert(api::ISSUED_AT_ANNOTATION.into(), rfc3339(minted.issued_at));
     if let Some(na) = minted.expires_at {
         annotations.insert(api::NOT_AFTER_ANNOTATION.into(), rfc3339(na));
@@ -130,19 +148,37 @@ pub fn desired(
     annotations.insert(api::RENEWAL_ANNOTATION.into(), rfc3339(renewal_time));
     annotations.insert(api::INPUTS_ANNOTATION.into(), inputs.to_string());
     annotations.insert(api::DATA_DIGEST_ANNOTATION.into(), digest(&data));
-    Ok(Secret {
+    Ok(placed(p, data, annotations))
+}
+
+/// A copy of `source` (one of our Secrets: its data and regcred's
+/// annotations) for another placement.
+pub fn copy_to(p: &Placement, source: &Secret) -> Option<Secret> {
+    let data = source.data.as_ref()?.get(DOCKERCONFIGJSON_KEY)?.0.clone();
+    let ann = source.metadata.annotations.clone().unwrap_or_default();
+    let ours: BTreeMap<String, String> = ann.into_iter().filter(|(k, _)| k.starts_with("regcred.dev/")).collect();
+    Some(placed(p, data, ours))
+}
+
+fn placed(p: &Placement, data: Vec<u8>, regcred_annotations: BTreeMap<String, String>) -> Secret {
+    let mut labels: BTreeMap<String, String> = p.template.labels.clone();
+    labels.insert(api::MANAGED_BY_LABEL.into(), api::MANAGED_BY_VALUE.into());
+    labels.insert(p.credential_label.0.into(), p.credential_label.1.clone());
+    let mut annotations: BTreeMap<String, String> = p.template.annotations.clone();
+    annotations.extend(regcred_annotations);
+    Secret {
         metadata: ObjectMeta {
-            name: Some(cr.secret_name()),
-            namespace: cr.meta().namespace.clone(),
+            name: Some(p.name.clone()),
+            namespace: Some(p.namespace.clone()),
             labels: Some(labels),
             annotations: Some(annotations),
-            owner_references: cr.controller_owner_ref(&()).map(|o| vec![o]),
+            owner_references: Some(vec![p.owner.clone()]),
             ..Default::default()
         },
         type_: Some(DOCKERCONFIGJSON_TYPE.into()),
         data: Some([(DOCKERCONFIGJSON_KEY.to_string(), ByteString(data))].into()),
         ..Default::default()
-    })
+    }
 }
 
 /// Why writing the Secret failed.
@@ -182,7 +218,12 @@ fn write_error(e: kube::Error) -> WriteError {
 /// at the same moment is never merged into); ours is updated in place with
 /// server-side apply, conditional on the resourceVersion we read, so its UID
 /// never changes and a concurrent edit is never overwritten blindly.
-pub async fn write(api: &Api<Secret>, existing: Option<&Secret>, mut desired: Secret) -> Result<Secret, WriteError> {
+pub async fn write(api: &Api<Secret>, existing: Option<&Secret>, desired: Secret) -> Result<Secret, WriteError> {
+    write_over(api, existing.map(|s| &s.metadata), desired).await
+}
+
+/// [`write`], given only the existing Secret's metadata.
+pub async fn write_over(api: &Api<Secret>, existing: Option<&ObjectMeta>, mut desired: Secret) -> Result<Secret, WriteError> {
     let name = desired.metadata.name.clone().unwrap_or_default();
     match existing {
         None => api
@@ -190,7 +231,7 @@ pub async fn write(api: &Api<Secret>, existing: Option<&Secret>, mut desired: Se
             .await
             .map_err(write_error),
         Some(current) => {
-            desired.metadata.resource_version = current.metadata.resource_version.clone();
+            desired.metadata.resource_version = current.resource_version.clone();
             let mut body = serde_json::to_value(&desired).expect("a Secret serialises");
             body["apiVersion"] = "v1".into();
             body["kind"] = "Secret".into();

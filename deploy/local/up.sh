@@ -52,7 +52,7 @@ read -r ready kubeconfig <&"${CP[0]}"
 export KUBECONFIG=$kubeconfig
 log "control plane up; export KUBECONFIG=$KUBECONFIG to use kubectl ($kubectl)"
 
-"$kubectl" apply --server-side -f "$root/crds/registrycredential.yaml" >/dev/null
+"$kubectl" apply --server-side -f "$root/crds/" >/dev/null
 "$kubectl" wait --for=condition=Established crd/registrycredentials.regcred.dev --timeout=60s >/dev/null
 
 # --- a local token endpoint

@@ -3,8 +3,10 @@
 //! Doc comments on the types below are user documentation: they become the
 //! CRD's field descriptions and are what `kubectl explain` shows.
 
+mod cluster;
 mod source;
 
+pub use cluster::*;
 pub use source::*;
 
 use std::collections::BTreeMap;
@@ -31,6 +33,14 @@ pub const RENEWAL_ANNOTATION: &str = "regcred.dev/renewal-time";
 pub const INPUTS_ANNOTATION: &str = "regcred.dev/inputs";
 /// Digest of the data regcred wrote, to notice edits by others.
 pub const DATA_DIGEST_ANNOTATION: &str = "regcred.dev/data-digest";
+/// On a ServiceAccount: the `imagePullSecrets` entries regcred added
+/// (comma-separated Secret names), so exactly those are removed later.
+pub const SA_ENTRIES_ANNOTATION: &str = "regcred.dev/image-pull-secrets";
+/// Finalizer that removes regcred's ServiceAccount entries before a
+/// credential goes (garbage collection cannot edit a list).
+pub const FINALIZER: &str = "regcred.dev/cleanup";
+/// Label on Secrets written for a ClusterRegistryCredential: its UID.
+pub const CLUSTER_CREDENTIAL_LABEL: &str = "regcred.dev/cluster-credential-uid";
 /// A ServiceAccount's opt-in to `ecr.webIdentity`: `"true"`.
 pub const WEB_IDENTITY_ANNOTATION: &str = "regcred.dev/web-identity";
 
@@ -83,6 +93,25 @@ pub struct RegistryCredentialSpec {
     /// `http` or `basic`.
     pub source: CredentialSource,
 
+    #[serde(flatten)]
+    pub renewal: Renewal,
+
+    /// Extra labels and annotations for the written Secret. regcred's own
+    /// labels and annotations (under `regcred.dev/` and
+    /// `app.kubernetes.io/managed-by`) always win.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_template: Option<SecretTemplate>,
+
+    /// ServiceAccounts of this namespace that get the Secret in their
+    /// `imagePullSecrets`, so Pods need no change. Off when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_accounts: Option<ServiceAccountSelection>,
+}
+
+/// When to renew: shared by both credential kinds.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Renewal {
     /// Renew this long before the credential expires, as a Go duration
     /// (e.g. `1h`, `30m`, `90s`). Mutually exclusive with
     /// `renewBeforePercentage`. When neither is set, the credential is renewed
@@ -100,12 +129,83 @@ pub struct RegistryCredentialSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 99))]
     pub renew_before_percentage: Option<i32>,
+}
 
-    /// Extra labels and annotations for the written Secret. regcred's own
-    /// labels and annotations (under `regcred.dev/` and
-    /// `app.kubernetes.io/managed-by`) always win.
+/// Which ServiceAccounts get the Secret in `imagePullSecrets`: by name, by
+/// label selector (both: either matches), or all.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[x_kube(validation = kube::core::Rule::new("!(has(self.all) && self.all) || (!has(self.names) && !has(self.selector))")
+    .message("all: true excludes names and selector"))]
+#[x_kube(validation = kube::core::Rule::new("(has(self.all) && self.all) || has(self.names) || has(self.selector)")
+    .message("set names, selector or all"))]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceAccountSelection {
+    /// ServiceAccount names, e.g. `[default]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 253), pattern(DNS1123_SUBDOMAIN)))]
+    pub names: Vec<String>,
+    /// ServiceAccounts whose labels match.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub secret_template: Option<SecretTemplate>,
+    pub selector: Option<LabelSelector>,
+    /// Every ServiceAccount.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub all: Option<bool>,
+}
+
+/// A Kubernetes label selector (`matchLabels` and `matchExpressions`).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LabelSelector {
+    /// Labels that must all be present with these values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 32))]
+    pub match_labels: BTreeMap<String, String>,
+    /// Requirements that must all hold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub match_expressions: Vec<LabelSelectorRequirement>,
+}
+
+/// One requirement of a label selector.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[x_kube(validation = kube::core::Rule::new("(self.operator == 'In' || self.operator == 'NotIn') == (has(self.values) && size(self.values) > 0)")
+    .message("In and NotIn need values; Exists and DoesNotExist take none"))]
+#[serde(rename_all = "camelCase")]
+pub struct LabelSelectorRequirement {
+    /// The label key.
+    #[schemars(length(min = 1, max = 317))]
+    pub key: String,
+    /// `In`, `NotIn`, `Exists` or `DoesNotExist`.
+    #[schemars(pattern(r"^(In|NotIn|Exists|DoesNotExist)$"))]
+    pub operator: String,
+    /// Values for `In` and `NotIn`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(max = 63)))]
+    pub values: Vec<String>,
+}
+
+impl LabelSelector {
+    /// Does this selector match these labels? (An empty selector matches everything.)
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+            && self.match_expressions.iter().all(|r| {
+                let got = labels.get(&r.key);
+                match r.operator.as_str() {
+                    "In" => got.is_some_and(|v| r.values.contains(v)),
+                    "NotIn" => got.is_none_or(|v| !r.values.contains(v)),
+                    "Exists" => got.is_some(),
+                    "DoesNotExist" => got.is_none(),
+                    _ => false,
+                }
+            })
+    }
+}
+
+impl ServiceAccountSelection {
+    /// Is this ServiceAccount selected?
+    pub fn selects(&self, name: &str, labels: &BTreeMap<String, String>) -> bool {
+        self.all == Some(true) || self.names.iter().any(|n| n == name) || self.selector.as_ref().is_some_and(|s| s.matches(labels))
+    }
 }
 
 /// Extra metadata for the written Secret.

@@ -271,7 +271,11 @@ impl EcrSource {
     }
 
     fn session_name(&self) -> String {
-        session_name(&self.cx.namespace, &self.cx.name)
+        if self.cx.cluster_scoped {
+            session_name("cluster", &self.cx.name)
+        } else {
+            session_name(&self.cx.namespace, &self.cx.name)
+        }
     }
 
     fn retry(&self) -> (RetryConfig, TimeoutConfig) {
@@ -319,7 +323,7 @@ impl EcrSource {
             );
             return Ok((format!("keys:{ns}/{}@{rv}", r.name), Identity::Static(SharedCredentialsProvider::new(creds))));
         }
-        if !self.cx.ecr.identity_allowed(ns).await? {
+        if !self.cx.cluster_scoped && !self.cx.ecr.identity_allowed(ns).await? {
             return Err(SourceError::IdentityNotAllowed { namespace: ns.clone() });
         }
         let allowed_roles = &self.cx.ecr.inner.settings.role_arns;

@@ -117,6 +117,9 @@ pub struct SourceContext {
     /// Name of the RegistryCredential (with the namespace, the AWS role
     /// session name).
     pub name: String,
+    /// A ClusterRegistryCredential (an admin's object): the operator's own
+    /// AWS identity needs no per-namespace permission.
+    pub cluster_scoped: bool,
     pub now: fn() -> DateTime<Utc>,
     pub ecr: EcrMinter,
     pub net: NetPolicy,

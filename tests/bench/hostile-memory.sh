@@ -29,7 +29,7 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 hs=$!
 op=""
 trap '[ -n "$op" ] && kill "$op" 2>/dev/null; kill "$hs" 2>/dev/null; eval "exec ${CP[1]}>&-"; wait' EXIT
-"$k" apply --server-side -f "$root/crds/registrycredential.yaml" >/dev/null
+"$k" apply --server-side -f "$root/crds/" >/dev/null
 "$k" wait --for=condition=Established crd/registrycredentials.regcred.dev >/dev/null
 "$k" create namespace bench >/dev/null
 

@@ -23,7 +23,7 @@ read -r _ kubeconfig <&"${CP[0]}"
 export KUBECONFIG=$kubeconfig
 op=""
 trap '[ -n "$op" ] && kill "$op" 2>/dev/null; eval "exec ${CP[1]}>&-"; wait' EXIT
-"$k" apply --server-side -f "$root/crds/registrycredential.yaml" >/dev/null
+"$k" apply --server-side -f "$root/crds/" >/dev/null
 "$k" wait --for=condition=Established crd/registrycredentials.regcred.dev >/dev/null
 "$k" create namespace bench >/dev/null
 "$k" -n bench create secret generic robot --from-literal=username=u --from-literal=password=p >/dev/null

@@ -4,6 +4,7 @@
 
 mod api;
 mod ecr;
+mod fleet;
 mod hostile;
 mod local;
 mod rotation;

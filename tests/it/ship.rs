@@ -105,7 +105,7 @@ async fn plain_manifest_and_examples_are_accepted_by_the_api_server() {
         assert!(ok, "{}: {out}{err}", path.display());
         n += out.matches("registrycredential.regcred.dev/").count();
     }
-    assert_eq!(n, 8, "every example credential is checked");
+    assert_eq!(n, 9, "every example credential is checked");
 }
 
 /// A kubeconfig that authenticates as a ServiceAccount, with a TokenRequest token.

@@ -129,28 +129,30 @@ pub async fn namespace(client: &Client, prefix: &str) -> TestNamespace {
     }
 }
 
-/// Install the generated CRD (server-side apply, idempotent) and wait until
-/// it is Established and served.
+/// Install the generated CRDs (server-side apply, idempotent) and wait until
+/// they are Established and served.
 pub async fn install_crd(client: &Client) {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd: CustomResourceDefinition = serde_yaml::from_str(
-        &std::fs::read_to_string(repo_root().join("crds/registrycredential.yaml")).expect("reading the CRD"),
-    )
-    .expect("parsing the CRD");
-    let name = crd.metadata.name.clone().unwrap();
-    api.patch(&name, &PatchParams::apply("regcred-tests").force(), &Patch::Apply(&crd))
-        .await
-        .expect("applying the CRD");
-    wait_for(Duration::from_secs(60), "CRD Established", || async {
-        let c = api.get(&name).await.ok()?;
-        let established = c.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True");
-        established.then_some(())
-    })
-    .await;
+    for file in ["crds/registrycredential.yaml", "crds/clusterregistrycredential.yaml"] {
+        let crd: CustomResourceDefinition =
+            serde_yaml::from_str(&std::fs::read_to_string(repo_root().join(file)).expect("reading a CRD")).expect("parsing a CRD");
+        let name = crd.metadata.name.clone().unwrap();
+        api.patch(&name, &PatchParams::apply("regcred-tests").force(), &Patch::Apply(&crd))
+            .await
+            .expect("applying a CRD");
+        wait_for(Duration::from_secs(60), "CRD Established", || async {
+            let c = api.get(&name).await.ok()?;
+            let established = c.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True");
+            established.then_some(())
+        })
+        .await;
+    }
     // Established can precede discovery by a moment.
     let rc: Api<regcred::api::RegistryCredential> = Api::all(client.clone());
-    wait_for(Duration::from_secs(30), "RegistryCredential served", || async {
-        rc.list(&Default::default()).await.ok().map(|_| ())
+    let crc: Api<regcred::api::ClusterRegistryCredential> = Api::all(client.clone());
+    wait_for(Duration::from_secs(30), "both kinds served", || async {
+        rc.list(&Default::default()).await.ok()?;
+        crc.list(&Default::default()).await.ok().map(|_| ())
     })
     .await;
 }
