@@ -736,7 +736,7 @@ pub async fn run(
             Ok(watcher::Event::Init) => idx.clear(),
             // After a relist, credentials deleted while the watch was down
             // are simply absent: drop their series too.
-            Ok(watcher::Event::InitDone) => forget.retain_only(&live_keys(&live)),
+            Ok(watcher::Event::InitDone) => forget.retain_only(&live_keys(&live), false),
             Err(_) => {}
         })
         .touched_objects();

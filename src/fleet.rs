@@ -452,12 +452,21 @@ pub async fn run(
     }
     let ccrs: Api<ClusterRegistryCredential> = Api::all(client.clone());
     let (ccr_reader, ccr_writer) = reflector::store();
+    let (metrics, live) = (base.metrics.clone(), ccr_reader.clone());
     let ccr_stream = watcher(ccrs, config)
         .default_backoff()
         .modify(|c| {
             c.managed_fields_mut().clear();
         })
         .reflect(ccr_writer)
+        .inspect(move |ev| match ev {
+            Ok(watcher::Event::Delete(c)) => metrics.forget("", &c.name_any()),
+            Ok(watcher::Event::InitDone) => {
+                let names: Vec<(String, String)> = live.state().iter().map(|c| (String::new(), c.name_any())).collect();
+                metrics.retain_only(&names, true);
+            }
+            _ => {}
+        })
         .touched_objects();
 
     let (namespaces, ns_writer) = reflector::store();

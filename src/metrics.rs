@@ -107,12 +107,20 @@ impl Metrics {
         self.seen.lock().unwrap_or_else(|p| p.into_inner()).remove(&(namespace.to_string(), name.to_string()));
     }
 
-    /// Forget every credential not in `live` (after a relist, deletions
-    /// missed while the watch was down show up only as absences).
-    pub fn retain_only(&self, live: &[(String, String)]) {
+    /// Forget every credential of one kind not in `live` (after a relist,
+    /// deletions missed while the watch was down show up only as absences).
+    /// Cluster-scoped credentials have an empty namespace label; each
+    /// controller forgets only its own kind.
+    pub fn retain_only(&self, live: &[(String, String)], cluster_scoped: bool) {
         let live: std::collections::HashSet<&(String, String)> = live.iter().collect();
-        let gone: Vec<(String, String)> =
-            self.seen.lock().unwrap_or_else(|p| p.into_inner()).iter().filter(|k| !live.contains(k)).cloned().collect();
+        let gone: Vec<(String, String)> = self
+            .seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|k| k.0.is_empty() == cluster_scoped && !live.contains(k))
+            .cloned()
+            .collect();
         for (ns, name) in gone {
             self.forget(&ns, &name);
         }
@@ -147,8 +155,14 @@ mod tests {
             m.ready.get_or_create(&l).set(1);
             m.failures.get_or_create(&FailureLabels { namespace: "ns".into(), name: name.into(), reason: "SecretRejected".into() }).inc();
         }
-        m.retain_only(&[("ns".to_string(), "kept".to_string())]);
+        let cluster = CredentialLabels { namespace: String::new(), name: "fleet".into() };
+        m.seen(&cluster);
+        m.ready.get_or_create(&cluster).set(1);
+        m.retain_only(&[("ns".to_string(), "kept".to_string())], false);
         let text = m.encode();
         assert!(text.contains(r#"name="kept""#) && !text.contains(r#"name="gone""#), "{text}");
+        assert!(text.contains(r#"name="fleet""#), "a namespaced relist forgot a cluster credential: {text}");
+        m.retain_only(&[], true);
+        assert!(!m.encode().contains(r#"name="fleet""#));
     }
 }

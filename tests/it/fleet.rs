@@ -56,6 +56,11 @@ fn fleet_operator(home: &str, suite: &str, extra: &[&str], env: &[(&str, &str)])
     Operator::start_cluster_wide(&args, &e)
 }
 
+/// Cluster-scoped names are shared by every test in the run: make them unique.
+fn unique(name: &str) -> String {
+    format!("{name}-{}", std::process::id())
+}
+
 async fn create_cluster_credential(client: &Client, name: &str, suite: &str, spec: Value) -> Result<(), kube::Error> {
     let ccr: ClusterRegistryCredential = serde_json::from_value(json!({
         "apiVersion": "regcred.dev/v1alpha1", "kind": "ClusterRegistryCredential",
@@ -111,7 +116,8 @@ async fn one_oauth2_mint_feeds_every_selected_namespace_and_its_service_accounts
         targets.push(labelled_namespace(&client, &format!("fleet-{i}"), json!({"regcred-test.dev/fleet": label}), &mut made).await);
     }
     let bystander = labelled_namespace(&client, "fleet-unselected", json!({}), &mut made).await;
-    create_cluster_credential(&client, "gar", &suite, json!({
+    let gar = unique("gar");
+    create_cluster_credential(&client, &gar, &suite, json!({
         "source": {"oauth2": {"tokenURL": server.token_url(), "allowInsecureHTTP": true,
             "clientSecretRef": {"name": "client"}, "registries": ["registry.example.com"]}},
         "target": {"namespaceSelector": {"matchLabels": {"regcred-test.dev/fleet": label}}, "secretName": "gar-pull"},
@@ -123,16 +129,17 @@ async fn one_oauth2_mint_feeds_every_selected_namespace_and_its_service_accounts
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let poller = {
         let (homes, tokens, stop) = (Api::<Secret>::namespaced(client.clone(), &home.name), home_tokens.clone(), stop.clone());
+        let home_secret = format!("regcred-cluster-{gar}");
         tokio::spawn(async move {
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                if let Ok(Some(s)) = homes.get_opt("regcred-cluster-gar").await {
+                if let Ok(Some(s)) = homes.get_opt(&home_secret).await {
                     tokens.lock().unwrap().insert(password_in(&s, "registry.example.com"));
                 }
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
         })
     };
-    wait_synced(&client, "gar", 3, 0, Duration::from_secs(60)).await;
+    wait_synced(&client, &gar, 3, 0, Duration::from_secs(60)).await;
     let token_in = |ns: String| {
         let client = client.clone();
         async move { Api::<Secret>::namespaced(client, &ns).get_opt("gar-pull").await.ok().flatten().map(|s| password_in(&s, "registry.example.com")) }
@@ -188,7 +195,7 @@ async fn one_oauth2_mint_feeds_every_selected_namespace_and_its_service_accounts
         (gone && entries == ["hand-added"]).then_some(())
     })
     .await;
-    wait_synced(&client, "gar", 4, 0, Duration::from_secs(30)).await;
+    wait_synced(&client, &gar, 4, 0, Duration::from_secs(30)).await;
 
     // Two rotations: one token request per lifetime for all namespaces together.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
@@ -232,19 +239,20 @@ async fn two_hundred_namespaces_one_ecr_token_per_lifetime() {
     for i in 0..n {
         labelled_namespace(&client, &format!("fleet-ecr-{i:03}"), json!({"regcred-test.dev/fleet-ecr": label}), &mut made).await;
     }
-    create_cluster_credential(&client, "ecr", &suite, json!({
+    let ecr = unique("ecr");
+    create_cluster_credential(&client, &ecr, &suite, json!({
         "source": {"ecr": {"region": "eu-west-1", "endpoint": moto.endpoint(), "stsEndpoint": moto.endpoint(), "allowInsecureHTTP": true}},
         "target": {"namespaceSelector": {"matchLabels": {"regcred-test.dev/fleet-ecr": label}}}
     })).await.unwrap();
     let started = tokio::time::Instant::now();
-    let c = wait_synced(&client, "ecr", n, 0, Duration::from_secs(120)).await;
+    let c = wait_synced(&client, &ecr, n, 0, Duration::from_secs(120)).await;
     eprintln!("fleet: {n} namespaces synced {:?} after the credential was created", started.elapsed());
     assert_eq!(moto.calls("GetAuthorizationToken").await, 1, "{n} namespaces, one token");
     let first_not_after = c.status.unwrap().credential.not_after.unwrap();
     wait_for(Duration::from_secs(ttl + 30), "every namespace rotated", || async {
         let mut rotated = 0;
         for ns in &made.0 {
-            let s = Api::<Secret>::namespaced(client.clone(), ns).get_opt("ecr").await.ok()??;
+            let s = Api::<Secret>::namespaced(client.clone(), ns).get_opt(&ecr).await.ok()??;
             if annotation_time(&s, "regcred.dev/not-after") > first_not_after {
                 rotated += 1;
             }
@@ -253,7 +261,7 @@ async fn two_hundred_namespaces_one_ecr_token_per_lifetime() {
     })
     .await;
     assert_eq!(moto.calls("GetAuthorizationToken").await, 2, "one more token for the second lifetime");
-    let s = Api::<Secret>::namespaced(client.clone(), &made.0[0]).get("ecr").await.unwrap();
+    let s = Api::<Secret>::namespaced(client.clone(), &made.0[0]).get(&ecr).await.unwrap();
     assert_eq!(password_in(&s, "123456789012.dkr.ecr.eu-west-1.amazonaws.com"), "123456789012-auth-token");
     assert_no_secrets(&client, &made.0[0], &operator, &["operator-secret-key-cafe01".into(), "123456789012-auth-token".into()]).await;
 }
@@ -275,7 +283,7 @@ async fn a_foreign_secret_fails_one_namespace_and_deletion_cleans_up_exactly_our
         nss.push(labelled_namespace(&client, &format!("fleet-b{i}"), json!({}), &mut made).await);
     }
     // Admission: a target needs a selector or names.
-    let refused = create_cluster_credential(&client, "no-target", &suite, json!({
+    let refused = create_cluster_credential(&client, &unique("no-target"), &suite, json!({
         "source": {"basic": {"secretRef": {"name": "robot"}, "registries": [reg.host]}}, "target": {}
     }))
     .await;
@@ -283,14 +291,15 @@ async fn a_foreign_secret_fails_one_namespace_and_deletion_cleans_up_exactly_our
     // A foreign Secret of the target name in the second namespace.
     create_secret(&client, &nss[1], "pull", json!({"mine": "not-yours"})).await;
     let foreign = Api::<Secret>::namespaced(client.clone(), &nss[1]).get("pull").await.unwrap();
-    create_cluster_credential(&client, "robot", &suite, json!({
+    let robot = unique("robot");
+    create_cluster_credential(&client, &robot, &suite, json!({
         "source": {"basic": {"secretRef": {"name": "robot"}, "registries": [reg.host], "allowInsecureHTTP": true}},
         "target": {"namespaces": nss, "secretName": "pull"},
         "serviceAccounts": {"names": ["default"]}
     })).await.unwrap();
     let api: Api<ClusterRegistryCredential> = Api::all(client.clone());
     let c = wait_for(Duration::from_secs(60), "2 synced, 1 failed", || async {
-        let c = api.get("robot").await.ok()?;
+        let c = api.get(&robot).await.ok()?;
         let st = c.status.clone()?;
         (st.synced_namespaces == 2 && st.failed_namespaces == 1).then_some(c)
     })
@@ -316,8 +325,8 @@ async fn a_foreign_secret_fails_one_namespace_and_deletion_cleans_up_exactly_our
 
     // Deleting the credential: exactly our entries go, the Secrets are
     // collected, the finalizer is gone.
-    api.delete("robot", &Default::default()).await.unwrap();
-    wait_for(Duration::from_secs(60), "the credential gone", || async { api.get_opt("robot").await.ok()?.is_none().then_some(()) }).await;
+    api.delete(&robot, &Default::default()).await.unwrap();
+    wait_for(Duration::from_secs(60), "the credential gone", || async { api.get_opt(&robot).await.ok()?.is_none().then_some(()) }).await;
     assert_eq!(pull_secret_names(&account(&client, &nss[0], "default").await.unwrap()), ["hand-added"]);
     for ns in [&nss[0], &nss[2]] {
         wait_for(Duration::from_secs(60), "garbage collection of the Secret", || async {
