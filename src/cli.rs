@@ -17,6 +17,16 @@ pub struct Cli {
 pub enum Command {
     /// Run the operator.
     Run(RunArgs),
+    /// Ask for a new credential now (sets regcred.dev/renew-requested-at;
+    /// the operator mints once for it). Exit 1: not found; 3: cluster error.
+    Renew(crate::day2::RenewArgs),
+    /// List credentials by urgency (soonest expiry first): Ready, reason,
+    /// registries, expires in, renews in, failed attempts.
+    Status(crate::day2::StatusArgs),
+    /// Log in to each registry of a pull Secret (any dockerconfigjson
+    /// Secret) and print OK, refused (HTTP status) or not reachable. Exit 1
+    /// when any registry fails; 3: cluster error.
+    Check(crate::day2::CheckArgs),
     /// Print the RegistryCredential CustomResourceDefinition as YAML.
     Crd {
         /// Print the ClusterRegistryCredential CRD instead.

@@ -329,10 +329,12 @@ pub(crate) fn observed(
     secret: SecretState,
     desired_inputs: String,
     prev: &api::RegistryCredentialStatus,
+    renew_request: Option<&String>,
     min_interval: chrono::Duration,
     seed: u64,
 ) -> Observed {
     Observed {
+        renew_requested: renew_request.is_some(),
         secret,
         desired_inputs,
         attempted_inputs: prev.observed_inputs.clone(),
@@ -367,13 +369,26 @@ pub async fn reconcile(cr: Arc<RegistryCredential>, ctx: Arc<Context>) -> Result
     let _in_flight = ctx.progress.begin();
     let started = Instant::now();
     let deadline = ctx.settings.reconcile_timeout();
-    let result = match contain_panic(tokio::time::timeout(deadline, reconcile_inner(&cr, &ctx))).await {
+    let span = reconcile_span(&ns, &cr.name_any());
+    let work = tracing::Instrument::instrument(tokio::time::timeout(deadline, reconcile_inner(&cr, &ctx)), span);
+    let result = match contain_panic(work).await {
         Ok(Ok(r)) => r,
         Ok(Err(_)) => Err(Error::Deadline(deadline)),
         Err(panic) => internal_error(&ctx, &cr, &panic).await,
     };
     ctx.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
     result
+}
+
+/// A span per reconcile with the credential and a trace id, so one rotation
+/// can be followed through the logs (JSON logs carry the span's fields).
+pub(crate) fn reconcile_span(namespace: &str, name: &str) -> tracing::Span {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let a = schedule::seed(&format!("{namespace}/{name}/{nanos}/{n}"));
+    let b = schedule::seed(&format!("{n}/{nanos}/{name}/{namespace}"));
+    tracing::info_span!("reconcile", namespace = %namespace, name = %name, trace_id = %format!("{a:016x}{b:016x}"))
 }
 
 /// A panic in one reconcile: that credential is failed (Ready=False,
@@ -425,7 +440,7 @@ async fn reconcile_inner(cached: &RegistryCredential, ctx: &Context) -> Result<A
     }
     let now = (ctx.now)();
     let secret_name = cr.secret_name();
-    let prev = cr.status.clone().unwrap_or_default();
+    let mut prev = cr.status.clone().unwrap_or_default();
     let generation = cr.metadata.generation;
     let seed = schedule::seed(cr.metadata.uid.as_deref().unwrap_or(&name));
     let labels = CredentialLabels { namespace: ns.clone(), name: name.clone() };
@@ -435,7 +450,8 @@ async fn reconcile_inner(cached: &RegistryCredential, ctx: &Context) -> Result<A
     let existing = secrets.get_opt(&secret_name).await.map_err(kube_err("reading the target Secret"))?;
     let state = secret_state(existing.as_ref(), |s| secret::is_ours(s, cr));
     let desired_inputs = inputs(cr.metadata.generation, &cr.spec.source, &secrets).await?;
-    let observed = observed(state.clone(), desired_inputs.clone(), &prev, min_interval, seed);
+    let renew_request = api::pending_renew_request(&cr.metadata, cr.status.as_ref());
+    let observed = observed(state.clone(), desired_inputs.clone(), &prev, renew_request.as_ref(), min_interval, seed);
 
     // decide
     let why = match schedule::decide(now, &observed) {
@@ -467,7 +483,10 @@ async fn reconcile_inner(cached: &RegistryCredential, ctx: &Context) -> Result<A
         Decision::Mint(why) => why,
     };
 
-    // act
+    // act. A renew request is served by this attempt, whatever its outcome.
+    if renew_request.is_some() {
+        prev.renew_request_served = renew_request.clone();
+    }
     info!(namespace = %ns, name = %name, reason = ?why, "minting");
     let current_not_after = match &state {
         SecretState::Ours(s) if s.intact => s.not_after,
@@ -526,10 +545,9 @@ async fn reconcile_inner(cached: &RegistryCredential, ctx: &Context) -> Result<A
         // Said once, when it starts; the rotations it causes are not Events.
         Some(note) if !was_short => publish(ctx, cr, EventType::Warning, reason::LIFETIME_TOO_SHORT, Some(note)).await,
         Some(_) => {}
-        None => {
-            let until = minted.expires_at.map(|t| format!(", valid until {}", t.to_rfc3339())).unwrap_or_default();
-            publish(ctx, cr, EventType::Normal, reason::ROTATED, Some(format!("Wrote Secret {secret_name}{until}"))).await;
-        }
+        // The note stays true when the recorder folds repeats into one
+        // series under the first note: no expiry here (status has it).
+        None => publish(ctx, cr, EventType::Normal, reason::ROTATED, Some(format!("Wrote a new credential to Secret {secret_name}"))).await,
     }
     info!(namespace = %ns, name = %name, renewal = %renewal.at, not_after = ?minted.expires_at, "rotated");
     sync_accounts(ctx, cr, &ns).await?;

@@ -81,7 +81,8 @@ pub async fn reconcile(ccr: Arc<ClusterRegistryCredential>, ctx: Arc<FleetContex
     // Writing hundreds of namespaces takes longer than one namespace's work.
     let deadline = ctx.base.settings.reconcile_timeout() + Duration::from_secs(120);
     let started = std::time::Instant::now();
-    let result = match contain_panic(tokio::time::timeout(deadline, reconcile_inner(&ccr, &ctx))).await {
+    let work = tracing::Instrument::instrument(tokio::time::timeout(deadline, reconcile_inner(&ccr, &ctx)), crate::controller::reconcile_span("", &ccr.name_any()));
+    let result = match contain_panic(work).await {
         Ok(Ok(r)) => r,
         Ok(Err(_)) => Err(Error::Deadline(deadline)),
         Err(panic) => {
@@ -125,7 +126,7 @@ async fn reconcile_inner(cached: &ClusterRegistryCredential, ctx: &FleetContext)
     let now = (base.now)();
     let refs_namespace = ccr.spec.source_namespace.clone().unwrap_or_else(|| ctx.home_namespace.clone());
     let prev_all = ccr.status.clone().unwrap_or_default();
-    let prev = prev_all.credential.clone();
+    let mut prev = prev_all.credential.clone();
     let generation = ccr.metadata.generation;
     let seed = schedule::seed(&uid);
     let labels = CredentialLabels { namespace: String::new(), name: name.clone() };
@@ -138,7 +139,8 @@ async fn reconcile_inner(cached: &ClusterRegistryCredential, ctx: &FleetContext)
     let state = secret_state(home.as_ref(), |s| secret::is_controlled_by(&s.metadata, &uid, KIND));
     let refs: Api<Secret> = Api::namespaced(client.clone(), &refs_namespace);
     let desired_inputs = inputs(generation, &ccr.spec.source, &refs).await?;
-    let observed = observed(state.clone(), desired_inputs.clone(), &prev, base.settings.min_mint_interval, seed);
+    let renew_request = api::pending_renew_request(&ccr.metadata, ccr.status.as_ref().map(|s| &s.credential));
+    let observed = observed(state.clone(), desired_inputs.clone(), &prev, renew_request.as_ref(), base.settings.min_mint_interval, seed);
 
     // decide and act on the credential itself
     let mut credential = prev.clone();
@@ -151,6 +153,10 @@ async fn reconcile_inner(cached: &ClusterRegistryCredential, ctx: &FleetContext)
         }
         Decision::WaitUntil(at) | Decision::BackOffUntil(at) => next = at,
         Decision::Mint(why) => {
+            if renew_request.is_some() {
+                prev.renew_request_served = renew_request.clone();
+                credential = prev.clone();
+            }
             info!(name = %name, reason = ?why, "minting for the fleet");
             let current_not_after = match &state {
                 SecretState::Ours(s) if s.intact => s.not_after,

@@ -8,6 +8,7 @@ pub mod api;
 pub mod cli;
 pub mod controller;
 pub mod crdgen;
+pub mod day2;
 pub mod fleet;
 pub mod egress;
 pub mod http;

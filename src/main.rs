@@ -20,8 +20,26 @@ fn main() -> anyhow::Result<()> {
         Command::Run(args) => {
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(args))?;
         }
+        Command::Renew(args) => day2(regcred::day2::renew(args)),
+        Command::Status(args) => day2(regcred::day2::status(args)),
+        Command::Check(args) => day2(regcred::day2::check(args)),
     }
     Ok(())
+}
+
+/// Run a day-2 command: one line on stderr and its exit code when it fails.
+fn day2(f: impl std::future::Future<Output = Result<(), regcred::day2::CliError>>) {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("regcred: {e}");
+            std::process::exit(3);
+        }
+    };
+    if let Err(e) = rt.block_on(f) {
+        eprintln!("regcred: {e}");
+        std::process::exit(e.exit_code());
+    }
 }
 
 /// Resolves once SIGTERM (Kubernetes) or Ctrl-C arrives; registered at once so

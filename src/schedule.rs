@@ -218,6 +218,8 @@ pub struct Observed {
     pub last_attempt: Option<DateTime<Utc>>,
     /// The least time between two mints.
     pub min_interval: Duration,
+    /// Someone asked for a new credential now (and was not served yet).
+    pub renew_requested: bool,
     pub seed: u64,
 }
 
@@ -234,6 +236,8 @@ pub enum MintReason {
     Renewal,
     /// The backoff after a failure is over.
     Retry,
+    /// Someone asked for a new credential (`regcred renew`).
+    RenewRequested,
 }
 
 /// What a reconcile does.
@@ -281,6 +285,9 @@ fn decide_unlimited(now: DateTime<Utc>, o: &Observed) -> Decision {
     };
     if o.attempted_inputs.as_deref() != Some(o.desired_inputs.as_str()) {
         return Decision::Mint(MintReason::InputsChanged);
+    }
+    if o.renew_requested {
+        return Decision::Mint(MintReason::RenewRequested);
     }
     if o.failed_attempts > 0 {
         if let Some(last) = o.last_failure {
@@ -432,6 +439,7 @@ mod tests {
             last_failure: last.map(t),
             last_attempt: None,
             min_interval: Duration::zero(),
+            renew_requested: false,
             seed: 0,
         };
         let now = t(100);
@@ -473,6 +481,7 @@ mod tests {
             last_failure: None,
             last_attempt: last.map(t),
             min_interval: secs(10),
+            renew_requested: false,
             seed: 0,
         };
         let now = t(100);
@@ -485,6 +494,12 @@ mod tests {
         // waiting decisions are not changed
         assert_eq!(decide(now, &o(Some(99), ours(true, "g2", 500))), Decision::WaitUntil(t(500)));
         assert_eq!(decide(now, &o(Some(99), SecretState::Foreign)), Decision::Blocked);
+        // a renew request mints now, but not sooner than the interval either
+        let mut r = o(Some(50), ours(true, "g2", 500));
+        r.renew_requested = true;
+        assert_eq!(decide(now, &r), Decision::Mint(MintReason::RenewRequested));
+        r.last_attempt = Some(t(95));
+        assert_eq!(decide(now, &r), Decision::WaitUntil(t(105)));
     }
 
     #[test]

@@ -41,6 +41,10 @@ pub const SA_ENTRIES_ANNOTATION: &str = "regcred.dev/image-pull-secrets";
 pub const FINALIZER: &str = "regcred.dev/cleanup";
 /// Label on Secrets written for a ClusterRegistryCredential: its UID.
 pub const CLUSTER_CREDENTIAL_LABEL: &str = "regcred.dev/cluster-credential-uid";
+/// On a credential: ask for a new credential now (any new value, by
+/// convention an RFC 3339 time; `regcred renew` sets it). Honoured once:
+/// status records the value served.
+pub const RENEW_ANNOTATION: &str = "regcred.dev/renew-requested-at";
 /// A ServiceAccount's opt-in to `ecr.webIdentity`: `"true"`.
 pub const WEB_IDENTITY_ANNOTATION: &str = "regcred.dev/web-identity";
 
@@ -269,6 +273,9 @@ pub struct RegistryCredentialStatus {
     /// Secrets at the last attempt; a change means "mint again now".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_inputs: Option<String>,
+    /// The last `regcred.dev/renew-requested-at` value a mint was made for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renew_request_served: Option<String>,
 }
 
 /// A status condition, as in `metav1.Condition`.
@@ -294,6 +301,13 @@ pub struct Condition {
 
 /// Condition type regcred maintains.
 pub const READY: &str = "Ready";
+
+/// A renew request not served yet: the annotation's value, when it differs
+/// from the one status says was served.
+pub fn pending_renew_request(meta: &kube::api::ObjectMeta, status: Option<&RegistryCredentialStatus>) -> Option<String> {
+    let asked = meta.annotations.as_ref()?.get(RENEW_ANNOTATION)?;
+    (status.and_then(|s| s.renew_request_served.as_ref()) != Some(asked)).then(|| asked.clone())
+}
 
 impl RegistryCredential {
     /// The Secret this credential writes: `spec.secretName`, else its own name.

@@ -58,27 +58,42 @@ pub struct Client {
     net: NetPolicy,
 }
 
+/// Trust anchors from a PEM bundle (`what` names it in errors).
+pub fn roots_from_pem(pem: &[u8], what: &str) -> Result<rustls::RootCertStore, SourceError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        let cert = cert.map_err(|_| SourceError::Tls(format!("{what} is not a PEM CA bundle")))?;
+        roots.add(cert).map_err(|e| SourceError::Tls(format!("{what}: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(SourceError::Tls(format!("{what} holds no PEM certificate")));
+    }
+    Ok(roots)
+}
+
+/// A client trusting `roots` (the public roots when `None`), without a
+/// client certificate: what `regcred check` uses.
+pub fn build_with_roots(roots: Option<rustls::RootCertStore>, timeout: Duration, net: &NetPolicy) -> Result<Client, SourceError> {
+    let roots = roots.unwrap_or_else(|| webpki_roots::TLS_SERVER_ROOTS.iter().cloned().collect());
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| SourceError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    finish(config, timeout, net)
+}
+
 /// Build a client for one endpoint.
 pub async fn build(settings: &HttpClientSettings, secrets: &SecretReader, net: &NetPolicy) -> Result<Client, SourceError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
     let tls = settings.tls.clone().unwrap_or_default();
-    if let Some(ca) = &tls.ca_bundle_secret_ref {
-        let pem = secrets.key(&ca.name, &ca.key).await?;
-        let mut n = 0;
-        for cert in CertificateDer::pem_slice_iter(pem.expose_secret().as_bytes()) {
-            let cert = cert.map_err(|_| SourceError::Tls(format!("Secret {:?} key {:?} is not a PEM CA bundle", ca.name, ca.key)))?;
-            roots
-                .add(cert)
-                .map_err(|e| SourceError::Tls(format!("CA bundle in Secret {:?}: {e}", ca.name)))?;
-            n += 1;
+    let roots = match &tls.ca_bundle_secret_ref {
+        Some(ca) => {
+            let pem = secrets.key(&ca.name, &ca.key).await?;
+            roots_from_pem(pem.expose_secret().as_bytes(), &format!("Secret {:?} key {:?}", ca.name, ca.key))?
         }
-        if n == 0 {
-            return Err(SourceError::Tls(format!("Secret {:?} key {:?} holds no PEM certificate", ca.name, ca.key)));
-        }
-    } else {
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    }
+        None => webpki_roots::TLS_SERVER_ROOTS.iter().cloned().collect(),
+    };
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| SourceError::Tls(e.to_string()))?
@@ -103,6 +118,10 @@ pub async fn build(settings: &HttpClientSettings, secrets: &SecretReader, net: &
         Some(t) => parse_duration("timeout", t)?.to_std().unwrap_or(DEFAULT_TIMEOUT).clamp(Duration::from_millis(1), MAX_TIMEOUT),
         None => DEFAULT_TIMEOUT,
     };
+    finish(config, timeout, net)
+}
+
+fn finish(config: rustls::ClientConfig, timeout: Duration, net: &NetPolicy) -> Result<Client, SourceError> {
     let policy = net.egress.clone();
     let http = reqwest::Client::builder()
         .use_preconfigured_tls(config)

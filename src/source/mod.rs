@@ -8,8 +8,8 @@ mod basic;
 mod ecr;
 mod error;
 mod http;
-mod httpclient;
-mod login;
+pub mod httpclient;
+pub mod login;
 mod oauth2;
 mod reader;
 

@@ -1,0 +1,393 @@
+//! Day-2 commands of the `regcred` binary: `renew`, `status`, `check`.
+//! They talk to the cluster as kubectl does (KUBECONFIG, ~/.kube/config or
+//! in-cluster), print one line a person can act on when something fails, and
+//! never print a password or token.
+//!
+//! Exit codes: 0 success; 1 the check or request failed (a registry refused,
+//! a credential not found); 2 bad usage (clap); 3 the cluster could not be
+//! reached or refused the request.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use clap::{Args, ValueEnum};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+use secrecy::SecretString;
+use serde::Serialize;
+
+use crate::api::{self, ClusterRegistryCredential, RegistryCredential};
+use crate::source::{httpclient, login, NetPolicy, RegistryAuth, SourceError};
+
+/// A failure of a day-2 command, with its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Failed(String),
+    #[error("{0}")]
+    Cluster(String),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Self::Failed(_) => 1,
+            Self::Cluster(_) => 3,
+        }
+    }
+}
+
+fn cluster(what: &str) -> impl FnOnce(kube::Error) -> CliError + '_ {
+    move |e| CliError::Cluster(format!("{what}: {}", crate::source::summarize_kube_error(&e)))
+}
+
+async fn client() -> Result<Client, CliError> {
+    Client::try_default().await.map_err(|_| CliError::Cluster("no Kubernetes configuration found (KUBECONFIG, ~/.kube/config or in-cluster)".into()))
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RenewArgs {
+    /// Credentials to renew.
+    pub names: Vec<String>,
+    /// Namespace (default: the kubeconfig context's).
+    #[arg(short, long)]
+    pub namespace: Option<String>,
+    /// Every credential in the namespace.
+    #[arg(long)]
+    pub all: bool,
+    /// Every credential in every namespace (with --all).
+    #[arg(short = 'A', long)]
+    pub all_namespaces: bool,
+    /// ClusterRegistryCredentials instead of RegistryCredentials.
+    #[arg(long)]
+    pub cluster: bool,
+}
+
+/// Ask for a new credential now: set `regcred.dev/renew-requested-at` to
+/// the current time. The operator mints once for each new value (no sooner
+/// than its least interval between mints) and records the value in status.
+pub async fn renew(args: RenewArgs) -> Result<(), CliError> {
+    if args.names.is_empty() && !args.all {
+        return Err(CliError::Failed("name one or more credentials, or use --all".into()));
+    }
+    let client = client().await?;
+    let stamp = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let patch = Patch::Merge(serde_json::json!({"metadata": {"annotations": {api::RENEW_ANNOTATION: stamp}}}));
+    let pp = PatchParams::default();
+    if args.cluster {
+        let api: Api<ClusterRegistryCredential> = Api::all(client);
+        let names = if args.all { api.list(&ListParams::default()).await.map_err(cluster("listing"))?.items.iter().map(|c| c.name_any()).collect() } else { args.names };
+        for name in names {
+            api.patch(&name, &pp, &patch).await.map_err(|e| not_found_or(e, &format!("clusterregistrycredential/{name}")))?;
+            println!("clusterregistrycredential/{name} renewal requested");
+        }
+        return Ok(());
+    }
+    let ns = args.namespace.clone().unwrap_or_else(|| client.default_namespace().to_string());
+    let targets: Vec<(String, String)> = if args.all {
+        let api: Api<RegistryCredential> = if args.all_namespaces { Api::all(client.clone()) } else { Api::namespaced(client.clone(), &ns) };
+        api.list(&ListParams::default()).await.map_err(cluster("listing"))?.items.iter().map(|c| (c.namespace().unwrap_or_default(), c.name_any())).collect()
+    } else {
+        args.names.iter().map(|n| (ns.clone(), n.clone())).collect()
+    };
+    for (ns, name) in targets {
+        let api: Api<RegistryCredential> = Api::namespaced(client.clone(), &ns);
+        api.patch(&name, &pp, &patch).await.map_err(|e| not_found_or(e, &format!("registrycredential/{name} in namespace {ns}")))?;
+        println!("registrycredential/{name} ({ns}) renewal requested");
+    }
+    Ok(())
+}
+
+fn not_found_or(e: kube::Error, what: &str) -> CliError {
+    match &e {
+        kube::Error::Api(s) if s.code == 404 => CliError::Failed(format!("{what} not found")),
+        _ => cluster(what)(e),
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    #[default]
+    Table,
+    Json,
+    Yaml,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct StatusArgs {
+    /// Namespace (default: the kubeconfig context's).
+    #[arg(short, long)]
+    pub namespace: Option<String>,
+    /// Every namespace, and the ClusterRegistryCredentials.
+    #[arg(short = 'A', long)]
+    pub all_namespaces: bool,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+/// One credential, as `regcred status` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Row {
+    /// Empty for a ClusterRegistryCredential.
+    pub namespace: String,
+    pub name: String,
+    pub ready: String,
+    pub reason: String,
+    pub registries: Vec<String>,
+    pub not_after: Option<DateTime<Utc>>,
+    pub renewal_time: Option<DateTime<Utc>>,
+    pub failed_attempts: i32,
+}
+
+fn row(namespace: String, name: String, st: Option<&api::RegistryCredentialStatus>) -> Row {
+    let ready = st.and_then(|s| s.conditions.iter().find(|c| c.type_ == api::READY));
+    Row {
+        namespace,
+        name,
+        ready: ready.map(|c| c.status.clone()).unwrap_or_else(|| "Unknown".into()),
+        reason: ready.map(|c| c.reason.clone()).unwrap_or_default(),
+        registries: st.map(|s| s.registries.clone()).unwrap_or_default(),
+        not_after: st.and_then(|s| s.not_after),
+        renewal_time: st.and_then(|s| s.renewal_time),
+        failed_attempts: st.map(|s| s.failed_attempts).unwrap_or_default(),
+    }
+}
+
+/// Most urgent first: no credential at all, then soonest expiry; among
+/// equals, not Ready before Ready, then by name.
+pub fn sort_by_urgency(rows: &mut [Row]) {
+    rows.sort_by(|a, b| {
+        let key = |r: &Row| (r.not_after.map(|t| t.timestamp()).unwrap_or(i64::MIN), r.ready == "True", r.namespace.clone(), r.name.clone());
+        key(a).cmp(&key(b))
+    });
+}
+
+/// `3h12m`, `45s`, `-5m` (past), `-` when unknown.
+pub fn until(now: DateTime<Utc>, t: Option<DateTime<Utc>>) -> String {
+    let Some(t) = t else { return "-".into() };
+    let secs = (t - now).num_seconds();
+    let (sign, s) = if secs < 0 { ("-", -secs) } else { ("", secs) };
+    let body = match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{}s", s / 60, s % 60),
+        3600..=86_399 => format!("{}h{}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d{}h", s / 86_400, (s % 86_400) / 3600),
+    };
+    format!("{sign}{body}")
+}
+
+/// Render rows as a table.
+pub fn table(rows: &[Row], now: DateTime<Utc>) -> String {
+    let mut lines = vec![["NAMESPACE", "NAME", "READY", "REASON", "REGISTRIES", "EXPIRES IN", "RENEWS IN", "FAILED"].map(String::from).to_vec()];
+    for r in rows {
+        lines.push(vec![
+            if r.namespace.is_empty() { "(cluster)".into() } else { r.namespace.clone() },
+            r.name.clone(),
+            r.ready.clone(),
+            r.reason.clone(),
+            if r.registries.is_empty() { "-".into() } else { r.registries.join(",") },
+            until(now, r.not_after),
+            until(now, r.renewal_time),
+            r.failed_attempts.to_string(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..lines[0].len()).map(|i| lines.iter().map(|l| l[i].len()).max().unwrap_or(0)).collect();
+    lines
+        .iter()
+        .map(|l| l.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect::<Vec<_>>().join("  ").trim_end().to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// List credentials by urgency.
+pub async fn status(args: StatusArgs) -> Result<(), CliError> {
+    let client = client().await?;
+    let api: Api<RegistryCredential> = if args.all_namespaces {
+        Api::all(client.clone())
+    } else {
+        Api::namespaced(client.clone(), &args.namespace.clone().unwrap_or_else(|| client.default_namespace().to_string()))
+    };
+    let mut rows: Vec<Row> = api
+        .list(&ListParams::default())
+        .await
+        .map_err(cluster("listing RegistryCredentials"))?
+        .items
+        .iter()
+        .map(|c| row(c.namespace().unwrap_or_default(), c.name_any(), c.status.as_ref()))
+        .collect();
+    if args.all_namespaces {
+        let cluster_api: Api<ClusterRegistryCredential> = Api::all(client);
+        // A namespaced install has no cluster kind: that is not an error here.
+        if let Ok(list) = cluster_api.list(&ListParams::default()).await {
+            rows.extend(list.items.iter().map(|c| row(String::new(), c.name_any(), c.status.as_ref().map(|s| &s.credential))));
+        }
+    }
+    sort_by_urgency(&mut rows);
+    let out = match args.output {
+        Output::Table => table(&rows, Utc::now()),
+        Output::Json => serde_json::to_string_pretty(&rows).expect("rows serialise"),
+        Output::Yaml => serde_yaml::to_string(&rows).expect("rows serialise"),
+    };
+    println!("{out}");
+    Ok(())
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CheckArgs {
+    /// A `kubernetes.io/dockerconfigjson` Secret (any, not only regcred's).
+    pub secret: String,
+    /// Namespace (default: the kubeconfig context's).
+    #[arg(short, long)]
+    pub namespace: Option<String>,
+    /// PEM CA bundle to trust instead of the public roots (a private registry).
+    #[arg(long)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Talk plain `http://` to registries given without a scheme (tests and
+    /// trusted local networks only).
+    #[arg(long)]
+    pub insecure_http: bool,
+    /// Seconds each request may take.
+    #[arg(long, default_value_t = 10)]
+    pub timeout: u64,
+}
+
+/// The entries of a `.dockerconfigjson`: registry, username and password
+/// (from `username`/`password`, or else from `auth`).
+pub fn entries(config: &[u8]) -> Result<Vec<RegistryAuth>, String> {
+    #[derive(serde::Deserialize)]
+    struct Config {
+        #[serde(default)]
+        auths: BTreeMap<String, Entry>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        username: Option<String>,
+        password: Option<String>,
+        auth: Option<String>,
+    }
+    let c: Config = serde_json::from_slice(config).map_err(|_| "its .dockerconfigjson is not valid JSON".to_string())?;
+    c.auths
+        .into_iter()
+        .map(|(registry, e)| {
+            let (user, pass) = match (e.username, e.password) {
+                (Some(u), Some(p)) if !u.is_empty() => (u, p),
+                _ => {
+                    let raw = e.auth.ok_or_else(|| format!("{registry}: no username/password and no auth"))?;
+                    let text = base64::engine::general_purpose::STANDARD
+                        .decode(raw.trim())
+                        .ok()
+                        .and_then(|b| String::from_utf8(b).ok())
+                        .ok_or_else(|| format!("{registry}: auth is not base64 of user:password"))?;
+                    let (u, p) = text.split_once(':').ok_or_else(|| format!("{registry}: auth is not user:password"))?;
+                    (u.to_string(), p.to_string())
+                }
+            };
+            Ok(RegistryAuth { registry, username: user, password: SecretString::from(pass) })
+        })
+        .collect()
+}
+
+/// The verdict on one registry, in words.
+pub fn verdict(result: &Result<(), SourceError>) -> String {
+    match result {
+        Ok(()) => "OK".into(),
+        Err(SourceError::HttpStatus { status, .. }) => format!("refused (HTTP {status})"),
+        Err(SourceError::Transport { kind, .. }) => format!("not reachable ({kind})"),
+        Err(SourceError::EgressDenied { .. }) => "not reachable (denied by the egress policy)".into(),
+        Err(e) => format!("error ({})", e.category()),
+    }
+}
+
+/// Log in to every registry of a pull Secret, as `docker login` does.
+pub async fn check(args: CheckArgs) -> Result<(), CliError> {
+    let client = client().await?;
+    let ns = args.namespace.clone().unwrap_or_else(|| client.default_namespace().to_string());
+    let secret = Api::<Secret>::namespaced(client, &ns)
+        .get_opt(&args.secret)
+        .await
+        .map_err(cluster("reading the Secret"))?
+        .ok_or_else(|| CliError::Failed(format!("Secret {} not found in namespace {ns}", args.secret)))?;
+    let data = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(".dockerconfigjson"))
+        .ok_or_else(|| CliError::Failed(format!("Secret {} has no .dockerconfigjson", args.secret)))?;
+    let auths = entries(&data.0).map_err(|e| CliError::Failed(format!("Secret {}: {e}", args.secret)))?;
+    if auths.is_empty() {
+        return Err(CliError::Failed(format!("Secret {} holds no registry", args.secret)));
+    }
+    let roots = match &args.ca_file {
+        Some(f) => {
+            let pem = std::fs::read(f).map_err(|e| CliError::Failed(format!("reading {}: {e}", f.display())))?;
+            Some(httpclient::roots_from_pem(&pem, &f.display().to_string()).map_err(|e| CliError::Failed(e.to_string()))?)
+        }
+        None => None,
+    };
+    let http = httpclient::build_with_roots(roots, Duration::from_secs(args.timeout.clamp(1, 60)), &NetPolicy::default())
+        .map_err(|e| CliError::Failed(e.to_string()))?;
+    let expires = secret.annotations().get(api::NOT_AFTER_ANNOTATION).map(|t| format!("  expires {t}")).unwrap_or_default();
+    let mut failed = 0;
+    for a in &auths {
+        let result = login::check(&http, a, args.insecure_http).await;
+        if result.is_err() {
+            failed += 1;
+        }
+        println!("{}  {}{expires}", a.registry, verdict(&result));
+    }
+    if failed > 0 {
+        return Err(CliError::Failed(format!("{failed} of {} registries refused or could not be reached", auths.len())));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap()
+    }
+
+    #[test]
+    fn urgency_order() {
+        let r = |name: &str, na: Option<i64>, ready: &str| Row {
+            namespace: "ns".into(),
+            name: name.into(),
+            ready: ready.into(),
+            reason: String::new(),
+            registries: vec![],
+            not_after: na.map(t),
+            renewal_time: None,
+            failed_attempts: 0,
+        };
+        let mut rows = vec![r("later", Some(500), "True"), r("never", None, "False"), r("soon", Some(10), "True"), r("soon-bad", Some(10), "False")];
+        sort_by_urgency(&mut rows);
+        let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["never", "soon-bad", "soon", "later"]);
+        assert!(table(&rows, t(0)).lines().nth(1).unwrap().starts_with("ns         never"));
+    }
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(until(t(0), Some(t(45))), "45s");
+        assert_eq!(until(t(0), Some(t(3 * 3600 + 12 * 60))), "3h12m");
+        assert_eq!(until(t(0), Some(t(-300))), "-5m0s");
+        assert_eq!(until(t(0), None), "-");
+    }
+
+    #[test]
+    fn entries_from_either_form() {
+        let auth = base64::engine::general_purpose::STANDARD.encode("u2:p:2");
+        let cfg = format!(r#"{{"auths":{{"a.example":{{"username":"u1","password":"p1"}},"b.example":{{"auth":"{auth}"}}}}}}"#);
+        let e = entries(cfg.as_bytes()).unwrap();
+        assert_eq!((e[0].registry.as_str(), e[0].username.as_str()), ("a.example", "u1"));
+        assert_eq!((e[1].registry.as_str(), e[1].username.as_str()), ("b.example", "u2"));
+        assert!(entries(br#"{"auths":{"c":{}}}"#).is_err());
+        assert!(entries(b"nope").is_err());
+    }
+}

@@ -1,0 +1,136 @@
+//! The day-2 commands of the `regcred` binary, run as a user runs them
+//! (KUBECONFIG pointing at the test control plane), against the operator and
+//! the real peers: `renew`, `status`, `check`.
+
+use std::process::Command;
+use std::time::Duration;
+
+use kube::api::{Api, Patch, PatchParams};
+use regcred::api::RegistryCredential;
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+/// Run `regcred ARGS`: (exit code, stdout, stderr).
+fn cli(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_regcred"))
+        .args(args)
+        .env("KUBECONFIG", &control_plane().kubeconfig)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("running regcred");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn no_secret_in(outputs: &[&str], secrets: &[&str]) {
+    for o in outputs {
+        for s in secrets {
+            assert!(!o.contains(s), "a secret reached the CLI's output");
+        }
+    }
+}
+
+#[tokio::test]
+async fn renew_forces_exactly_one_extra_mint() {
+    let (client, ns) = setup("renew").await;
+    let server = OAuth2Server::start(300).await;
+    let operator = Operator::start(&ns.name);
+    ready_oauth2_credential(&client, &ns.name, &server).await;
+    assert_eq!(server.stats().await.0, 1);
+
+    let (code, out, err) = cli(&["renew", "cred", "-n", &ns.name]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("renewal requested"), "{out}");
+    let crs: Api<RegistryCredential> = Api::namespaced(client.clone(), &ns.name);
+    let served = wait_for(Duration::from_secs(40), "the renew request served", || async {
+        let c = crs.get("cred").await.ok()?;
+        let asked = c.metadata.annotations.as_ref()?.get("regcred.dev/renew-requested-at")?.clone();
+        (c.status?.renew_request_served.as_ref() == Some(&asked)).then_some(asked)
+    })
+    .await;
+    wait_ready(&client, &ns.name, "cred", "True", Some("Rotated"), Duration::from_secs(30)).await;
+    assert_eq!(server.stats().await.0, 2, "one renew, one more token request");
+
+    // The same value again (the object changes, the request does not): nothing.
+    let patch = json!({"metadata": {"annotations": {"regcred.dev/renew-requested-at": served, "touched": "again"}}});
+    crs.patch("cred", &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert_eq!(server.stats().await.0, 2, "a served renew request minted again");
+
+    let (code, _, err) = cli(&["renew", "nope", "-n", &ns.name]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("not found"), "{err}");
+    let (code, _, err) = cli(&["renew", "-n", &ns.name]);
+    assert_eq!(code, 1, "{err}");
+    assert_no_secrets(&client, &ns.name, &operator, &[server.secret.clone()]).await;
+}
+
+#[tokio::test]
+async fn status_lists_the_failing_credential_first() {
+    let (client, ns) = setup("status").await;
+    let server = OAuth2Server::start(300).await;
+    let operator = Operator::start(&ns.name);
+    ready_oauth2_credential(&client, &ns.name, &server).await;
+    create_credential(&client, &ns.name, "broken", json!({"source": {"oauth2": {
+        "tokenURL": format!("http://127.0.0.1:{}/token", free_port()), "allowInsecureHTTP": true,
+        "clientSecretRef": {"name": "client"}, "registries": ["registry.example.com"]
+    }}})).await;
+    wait_ready(&client, &ns.name, "broken", "False", Some("MintFailed"), Duration::from_secs(60)).await;
+
+    let (code, out, err) = cli(&["status", "-n", &ns.name]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<Vec<&str>> = out.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(lines[0][..3], ["NAMESPACE", "NAME", "READY"], "{out}");
+    assert_eq!(lines[1][1..4], ["broken", "False", "MintFailed"], "{out}");
+    assert_eq!(lines[2][1..4], ["cred", "True", "Rotated"], "{out}");
+    assert_eq!(lines[2][4], "registry.example.com", "{out}");
+    let (code, json_out, _) = cli(&["status", "-n", &ns.name, "-o", "json"]);
+    assert_eq!(code, 0);
+    let rows: Value = serde_json::from_str(&json_out).unwrap();
+    assert_eq!(rows[0]["name"], "broken");
+    assert!(rows[0]["failedAttempts"].as_i64().unwrap() >= 1);
+    assert_eq!(rows[1]["reason"], "Rotated");
+    assert!(rows[1]["notAfter"].is_string());
+    no_secret_in(&[&out, &err, &json_out], &[&server.secret]);
+    assert_no_secrets(&client, &ns.name, &operator, &[server.secret.clone()]).await;
+}
+
+#[tokio::test]
+async fn check_tells_a_working_secret_from_a_refused_one() {
+    let (client, ns) = setup("check").await;
+    let robot_pw = "robot-pw-check-31";
+    let plain = Registry::htpasswd(&[("robot", robot_pw)]).await;
+    let tokened = Registry::token_auth(&[("robot", robot_pw)]).await;
+    let operator = Operator::start(&ns.name);
+    create_secret(&client, &ns.name, "robot", json!({"username": "robot", "password": robot_pw})).await;
+    for (name, reg) in [("plain", &plain), ("tokened", &tokened)] {
+        create_credential(&client, &ns.name, name, json!({"source": {"basic": {
+            "secretRef": {"name": "robot"}, "registries": [reg.host], "allowInsecureHTTP": true
+        }}})).await;
+        wait_ready(&client, &ns.name, name, "True", Some("Rotated"), Duration::from_secs(60)).await;
+        // A Secret of the same shape with a wrong password, not regcred's.
+        let wrong = json!({"auths": {reg.host.clone(): {"username": "robot", "password": "wrong-pw-check"}}}).to_string();
+        let s: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+            "metadata": {"name": format!("{name}-wrong")}, "type": "kubernetes.io/dockerconfigjson",
+            "stringData": {".dockerconfigjson": wrong}
+        }))
+        .unwrap();
+        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), &ns.name).create(&Default::default(), &s).await.unwrap();
+    }
+    let mut outputs = Vec::new();
+    for (name, reg) in [("plain", &plain), ("tokened", &tokened)] {
+        let (code, out, err) = cli(&["check", name, "-n", &ns.name, "--insecure-http"]);
+        assert_eq!(code, 0, "{name}: {out}{err}");
+        assert_eq!(out.trim(), format!("{}  OK", reg.host), "{name}");
+        let (code, out2, err2) = cli(&["check", &format!("{name}-wrong"), "-n", &ns.name, "--insecure-http"]);
+        assert_eq!(code, 1, "{name}-wrong: {out2}{err2}");
+        assert_eq!(out2.trim(), format!("{}  refused (HTTP 401)", reg.host), "{name}-wrong");
+        assert!(err2.contains("1 of 1 registries refused"), "{err2}");
+        outputs.extend([out, err, out2, err2]);
+    }
+    let (code, _, err) = cli(&["check", "absent", "-n", &ns.name]);
+    assert_eq!(code, 1, "{err}");
+    let refs: Vec<&str> = outputs.iter().map(String::as_str).collect();
+    no_secret_in(&refs, &[robot_pw, "wrong-pw-check"]);
+    assert_no_secrets(&client, &ns.name, &operator, &[robot_pw.into(), "wrong-pw-check".into()]).await;
+}
