@@ -349,9 +349,7 @@ pub async fn check(args: CheckArgs) -> Result<(), CliError> {
 mod tests {
     use super::*;
 
-    fn t(s: i64) -> DateTime<Utc> {
-        DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap()
-    }
+    use crate::schedule::test_instant as t;
 
     #[test]
     fn urgency_order() {

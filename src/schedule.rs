@@ -313,13 +313,17 @@ fn decide_unlimited(now: DateTime<Utc>, o: &Observed) -> Decision {
     }
 }
 
+/// A fixed instant plus `s` seconds, for tests.
+#[cfg(test)]
+pub(crate) fn test_instant(s: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn t(s: i64) -> DateTime<Utc> {
-        DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap()
-    }
+    use super::test_instant as t;
     fn secs(s: i64) -> Duration {
         Duration::seconds(s)
     }

@@ -142,9 +142,7 @@ pub async fn patch(api: &Api<RegistryCredential>, cr: &RegistryCredential, statu
 mod tests {
     use super::*;
 
-    fn t(s: i64) -> DateTime<Utc> {
-        DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap()
-    }
+    use crate::schedule::test_instant as t;
 
     #[test]
     fn failure_keeps_the_credential_fields_and_counts() {

@@ -62,7 +62,7 @@ async fn renew_forces_exactly_one_extra_mint() {
     assert!(err.contains("not found"), "{err}");
     let (code, _, err) = cli(&["renew", "-n", &ns.name]);
     assert_eq!(code, 1, "{err}");
-    assert_no_secrets(&client, &ns.name, &operator, &[server.secret.clone()]).await;
+    assert_no_secrets(&client, &ns.name, &operator, std::slice::from_ref(&server.secret)).await;
 }
 
 #[tokio::test]
@@ -92,7 +92,7 @@ async fn status_lists_the_failing_credential_first() {
     assert_eq!(rows[1]["reason"], "Rotated");
     assert!(rows[1]["notAfter"].is_string());
     no_secret_in(&[&out, &err, &json_out], &[&server.secret]);
-    assert_no_secrets(&client, &ns.name, &operator, &[server.secret.clone()]).await;
+    assert_no_secrets(&client, &ns.name, &operator, std::slice::from_ref(&server.secret)).await;
 }
 
 #[tokio::test]
