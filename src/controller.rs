@@ -635,6 +635,12 @@ pub(crate) async fn mint(
         let problem = "the credential had already expired when it arrived".into();
         return Err(SourceError::InvalidResponse { endpoint: "source".into(), problem });
     }
+    if let Some(allow_http) = source::verify_settings(source_spec) {
+        // Verify before swap, under what is left of the same deadline.
+        tokio::time::timeout(mint_timeout, source::verify_at_registries(&minted, allow_http, &ctx.settings.net))
+            .await
+            .map_err(|_| SourceError::Deadline(format!("the registries did not answer within {}s", mint_timeout.as_secs())))??;
+    }
     let renewal = schedule::renewal(minted.issued_at, minted.expires_at, &policy, who.seed);
     Ok((minted, renewal))
 }

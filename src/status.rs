@@ -24,7 +24,7 @@ pub mod reason {
     /// the two above), so a deleted credential's series can all be removed.
     pub const FAILURES: &[&str] = &[
         "MintFailed", "AccessDenied", "Throttled", "ExpiredToken", "CredentialsNotFound", "InvalidResponse",
-        "InvalidSpec", "IdentityNotAllowed", "EgressDenied", SECRET_REJECTED, INTERNAL_ERROR,
+        "InvalidSpec", "IdentityNotAllowed", "EgressDenied", "RegistryRejected", SECRET_REJECTED, INTERNAL_ERROR,
     ];
 }
 

@@ -122,6 +122,10 @@ pub struct EcrSource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 2, max = 1224))]
     pub external_id: Option<String>,
+    /// Verify before swap: log in to each registry with the new token before
+    /// writing it (see the `http` source's `verify`). Off by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<bool>,
     /// Exchange a token of a ServiceAccount in this namespace for `roleArn`
     /// (STS `AssumeRoleWithWebIdentity`), so each team uses its own IAM role.
     /// The ServiceAccount must opt in with the annotation
@@ -250,6 +254,16 @@ pub struct HttpClientSettings {
     #[schemars(length(min = 1, max = 64), pattern(GO_DURATION))]
     #[x_kube(validation = kube::core::Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('60s')").message("timeout must be between 1s and 60s"))]
     pub timeout: Option<String>,
+    /// Verify before swap: log in to each registry (as `docker login` does)
+    /// with the freshly minted credential before writing it; a refusal keeps
+    /// the current Secret (Ready=False, reason `RegistryRejected`). Off by
+    /// default for token sources: it needs the operator to reach every
+    /// registry (an egress policy may not allow that), and some registries
+    /// accept a token only for the repositories it names, not at `/v2/`.
+    /// Registries are reached over https with the public roots (plain http
+    /// with `allowInsecureHTTP`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<bool>,
 }
 
 // ---------------------------------------------------------------- generic HTTP

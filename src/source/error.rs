@@ -31,6 +31,8 @@ pub enum SourceError {
     NotAllowed(String),
     #[error("{0}")]
     Deadline(String),
+    #[error("registry {registry} refused the new credential (HTTP {status}); the current Secret is kept")]
+    RegistryRejected { registry: String, status: u16 },
 }
 
 impl SourceError {
@@ -47,6 +49,7 @@ impl SourceError {
             Self::IdentityNotAllowed { .. } | Self::NotAllowed(_) => "IdentityNotAllowed",
             Self::EgressDenied { .. } => "EgressDenied",
             Self::Deadline(_) => "MintFailed",
+            Self::RegistryRejected { .. } => "RegistryRejected",
             Self::Aws { code, .. } => aws_category(code),
         }
     }

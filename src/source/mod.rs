@@ -144,6 +144,39 @@ pub fn from_spec(spec: &CredentialSource, cx: SourceContext) -> Result<Box<dyn T
     }
 }
 
+/// Whether the spec asks to verify a new credential at each registry before
+/// it is written, and whether plain http may be used for that. (`basic`
+/// verifies inside its own mint.)
+pub fn verify_settings(spec: &CredentialSource) -> Option<bool> {
+    if let Some(o) = &spec.oauth2 {
+        return (o.client.verify == Some(true)).then_some(o.client.allow_insecure_http == Some(true));
+    }
+    if let Some(h) = &spec.http {
+        return (h.client.verify == Some(true)).then_some(h.client.allow_insecure_http == Some(true));
+    }
+    if let Some(e) = &spec.ecr {
+        return (e.verify == Some(true)).then_some(e.allow_insecure_http == Some(true));
+    }
+    None
+}
+
+/// Verify before swap: log in to each registry with the new credential. A
+/// registry that refuses it (401/403) is `RegistryRejected`; other failures
+/// keep their own category.
+pub async fn verify_at_registries(minted: &Minted, allow_http: bool, net: &NetPolicy) -> Result<(), SourceError> {
+    let client = httpclient::build_with_roots(None, std::time::Duration::from_secs(10), net)?;
+    for entry in &minted.entries {
+        match login::check(&client, entry, allow_http).await {
+            Ok(()) => {}
+            Err(SourceError::HttpStatus { status: status @ (401 | 403), .. }) => {
+                return Err(SourceError::RegistryRejected { registry: entry.registry.clone(), status });
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// Names of the Secrets a source reads, in the credential's namespace. A
 /// change to any of them triggers a new mint.
 pub fn referenced_secrets(spec: &CredentialSource) -> Vec<String> {

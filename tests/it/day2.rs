@@ -134,3 +134,35 @@ async fn check_tells_a_working_secret_from_a_refused_one() {
     no_secret_in(&refs, &[robot_pw, "wrong-pw-check"]);
     assert_no_secrets(&client, &ns.name, &operator, &[robot_pw.into(), "wrong-pw-check".into()]).await;
 }
+
+#[tokio::test]
+async fn verify_before_swap_keeps_the_last_good_credential() {
+    let (client, ns) = setup("verify").await;
+    let reg = Registry::htpasswd(&[("token", "good-token-41")]).await;
+    let image = reg.push_test_image("app", "token", "good-token-41");
+    let endpoint = Hostile::start("127.0.0.1", None).await;
+    endpoint.set_body("verify", r#"{"token":"good-token-41","expires_in":20}"#).await;
+    let operator = Operator::start(&ns.name);
+    create_credential(&client, &ns.name, "checked", json!({"source": {"http": {
+        "url": endpoint.url("verify", "body", &[]), "allowInsecureHTTP": true, "verify": true, "registries": [reg.host]
+    }}})).await;
+    wait_ready(&client, &ns.name, "checked", "True", Some("Rotated"), Duration::from_secs(60)).await;
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &ns.name);
+    let good = secrets.get("checked").await.unwrap();
+    skopeo_pull(&dockerconfig(&good), &image).expect("the verified credential pulls");
+
+    // The endpoint starts handing out tokens the registry refuses.
+    endpoint.set_body("verify", r#"{"token":"bad-token-42","expires_in":20}"#).await;
+    let cr = wait_ready(&client, &ns.name, "checked", "False", Some("RegistryRejected"), Duration::from_secs(60)).await;
+    let msg = &cr.ready().unwrap().message;
+    assert!(msg.contains(&reg.host) && msg.contains("HTTP 401"), "{msg}");
+    let kept = secrets.get("checked").await.unwrap();
+    assert_eq!(kept.metadata.resource_version, good.metadata.resource_version, "a refused credential was written");
+    assert_eq!(password_in(&kept, &reg.host), "good-token-41");
+
+    // Fixed: back to Ready with a credential that pulls.
+    endpoint.set_body("verify", r#"{"token":"good-token-41","expires_in":20}"#).await;
+    wait_ready(&client, &ns.name, "checked", "True", Some("Rotated"), Duration::from_secs(60)).await;
+    skopeo_pull(&dockerconfig(&secrets.get("checked").await.unwrap()), &image).expect("pulls after recovery");
+    assert_no_secrets(&client, &ns.name, &operator, &["good-token-41".into(), "bad-token-42".into()]).await;
+}

@@ -9,6 +9,7 @@ Paths are /c/<case>/<kind>[?query]; requests are counted per case and served
 as JSON at /_stats (which is not counted). Kinds:
 
     body?b=RAW      200 with RAW as the body; "{n}" in RAW becomes a counter
+                    (a body set with POST /_set?case=C&b=RAW wins over b)
     status?code=N&b=RAW   the same with another status
     huge?bytes=N    a JSON token response padded to N bytes (Content-Length)
     chunked?bytes=N the same, chunked (no Content-Length)
@@ -29,6 +30,7 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 counts = {}
+overrides = {}
 counter = [0]
 lock = threading.Lock()
 stop = threading.Event()
@@ -72,6 +74,10 @@ class Handler(BaseHTTPRequestHandler):
         if url.path == "/_stats":
             with lock:
                 return self.send(200, json.dumps(counts).encode())
+        if url.path == "/_set":
+            with lock:
+                overrides[q["case"]] = q["b"]
+            return self.send(200, b"{}")
         parts = url.path.split("/")
         # A registry is looked up at /v2/: the case is the whole registry.
         if url.path.startswith("/v2"):
@@ -84,7 +90,9 @@ class Handler(BaseHTTPRequestHandler):
         n = count(case)
         body = self.read_body()
         if kind == "body":
-            return self.send(200, q.get("b", "{}").replace("{n}", str(n)).encode())
+            with lock:
+                raw = overrides.get(case, q.get("b", "{}"))
+            return self.send(200, raw.replace("{n}", str(n)).encode())
         if kind == "status":
             return self.send(int(q.get("code", "500")), q.get("b", "{}").replace("{n}", str(n)).encode())
         if kind in ("huge", "chunked"):

@@ -622,6 +622,13 @@ impl Hostile {
         serde_json::from_slice(&body).unwrap()
     }
 
+    /// From now on, `case`'s `body` answers `body` (plain HTTP only).
+    pub async fn set_body(&self, case: &str, body: &str) {
+        regcred::install_crypto_provider();
+        let url = format!("{}/_set?{}", self.base, url::form_urlencoded::Serializer::new(String::new()).extend_pairs([("case", case), ("b", body)]).finish());
+        assert!(reqwest::Client::new().post(url).send().await.unwrap().status().is_success());
+    }
+
     pub async fn total(&self) -> u64 {
         self.counts().await.values().sum()
     }
