@@ -27,6 +27,10 @@ pub enum Command {
     /// Secret) and print OK, refused (HTTP status) or not reachable. Exit 1
     /// when any registry fails; 3: cluster error.
     Check(crate::day2::CheckArgs),
+    /// Run one mint of a RegistryCredential spec locally, writing nothing to
+    /// the cluster; print the result with passwords redacted, the expiry and
+    /// the renewal instant. Exit 1 when the mint fails.
+    Mint(crate::day2::MintArgs),
     /// Print the RegistryCredential CustomResourceDefinition as YAML.
     Crd {
         /// Print the ClusterRegistryCredential CRD instead.

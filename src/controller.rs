@@ -495,7 +495,7 @@ async fn reconcile_inner(cached: &RegistryCredential, ctx: &Context) -> Result<A
     // Everything that can fail because of the source, in one place and under
     // one deadline: any failure here leaves the current Secret as it is.
     let attempt = async {
-        let who = Minter { refs_namespace: &ns, name: &name, cluster_scoped: false, seed };
+        let who = Minter { refs_namespace: &ns, name: &name, cluster_scoped: false, seed, secrets_dir: None };
         let (minted, renewal) = mint(ctx, &who, &cr.spec.source, &cr.spec.renewal, now).await?;
         // Empty or oversized: the source's answer is unusable.
         let desired = secret::desired(cr, &minted, &desired_inputs, renewal.at)
@@ -597,16 +597,18 @@ where
 /// Who is minting: where its referenced Secrets live, its name (for the
 /// AWS session), whether it is cluster-scoped (an admin's object), and its
 /// jitter seed.
-pub(crate) struct Minter<'a> {
+pub struct Minter<'a> {
     pub refs_namespace: &'a str,
     pub name: &'a str,
     pub cluster_scoped: bool,
     pub seed: u64,
+    /// Read referenced Secrets from this directory instead of the cluster.
+    pub secrets_dir: Option<&'a std::path::Path>,
 }
 
 /// One mint under the deadline: the checked credential and its renewal
 /// instant, or why not. Leaves nothing written.
-pub(crate) async fn mint(
+pub async fn mint(
     ctx: &Context,
     who: &Minter<'_>,
     source_spec: &api::CredentialSource,
@@ -615,7 +617,10 @@ pub(crate) async fn mint(
 ) -> Result<(source::Minted, schedule::Renewal), SourceError> {
     let policy = policy(renewal, source_spec, ctx.settings.min_mint_interval)?;
     let cx = SourceContext {
-        secrets: SecretReader::new(ctx.client.clone(), who.refs_namespace),
+        secrets: match who.secrets_dir {
+            Some(d) => SecretReader::new(ctx.client.clone(), who.refs_namespace).from_dir(d.to_path_buf()),
+            None => SecretReader::new(ctx.client.clone(), who.refs_namespace),
+        },
         namespace: who.refs_namespace.to_string(),
         name: who.name.to_string(),
         cluster_scoped: who.cluster_scoped,

@@ -345,6 +345,91 @@ pub async fn check(args: CheckArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+#[derive(Args, Debug, Clone)]
+pub struct MintArgs {
+    /// A RegistryCredential manifest (YAML or JSON; `-` for stdin).
+    #[arg(short = 'f', long = "filename")]
+    pub file: std::path::PathBuf,
+    /// Namespace whose Secrets the source reads (default: the manifest's,
+    /// else the kubeconfig context's).
+    #[arg(short, long)]
+    pub namespace: Option<String>,
+    /// Read the Secrets the source references from `DIR/NAME/KEY` files
+    /// instead of the cluster.
+    #[arg(long)]
+    pub secrets_dir: Option<std::path::PathBuf>,
+    /// Also write the real `.dockerconfigjson` here (mode 0600), e.g. for a
+    /// manual `skopeo --authfile` test.
+    #[arg(long)]
+    pub output_dockerconfigjson: Option<std::path::PathBuf>,
+}
+
+/// One mint of a credential spec, locally: nothing is written to the
+/// cluster. Prints what the Secret would hold with every password redacted,
+/// the expiry and the renewal instant the operator would choose. Your own
+/// AWS identity and any ECR/STS endpoint are allowed here (it is your
+/// machine); the egress deny list of the operator's defaults still applies.
+pub async fn mint(args: MintArgs) -> Result<(), CliError> {
+    let text = if args.file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).map_err(|e| CliError::Failed(format!("reading stdin: {e}")))?
+    } else {
+        std::fs::read_to_string(&args.file).map_err(|e| CliError::Failed(format!("reading {}: {e}", args.file.display())))?
+    };
+    let cr: RegistryCredential = serde_yaml::from_str(&text).map_err(|e| CliError::Failed(format!("{} is not a RegistryCredential: {e}", args.file.display())))?;
+    let client = match (&args.secrets_dir, client().await) {
+        (_, Ok(c)) => c,
+        // Secrets from files: no cluster needed.
+        (Some(_), Err(_)) => Client::try_from(kube::Config::new("http://127.0.0.1:1".parse().expect("a URI"))).map_err(|e| CliError::Failed(e.to_string()))?,
+        (None, Err(e)) => return Err(e),
+    };
+    let ns = args.namespace.clone().or_else(|| cr.metadata.namespace.clone()).unwrap_or_else(|| client.default_namespace().to_string());
+    let name = cr.metadata.name.clone().unwrap_or_else(|| "local".into());
+    let mut settings = crate::controller::Settings::default();
+    settings.ecr.endpoint_overrides = vec!["*".into()];
+    let ctx = crate::controller::Context::new(
+        client,
+        &settings,
+        std::sync::Arc::new(crate::metrics::Metrics::default()),
+        std::sync::Arc::new(crate::controller::Progress::new(Duration::from_secs(3600))),
+    );
+    let who = crate::controller::Minter {
+        refs_namespace: &ns,
+        name: &name,
+        cluster_scoped: true,
+        seed: crate::schedule::seed(&name),
+        secrets_dir: args.secrets_dir.as_deref(),
+    };
+    let now = crate::controller::clock();
+    let (minted, renewal) = crate::controller::mint(&ctx, &who, &cr.spec.source, &cr.spec.renewal, now)
+        .await
+        .map_err(|e| CliError::Failed(format!("{}: {e}", e.category())))?;
+    for e in &minted.entries {
+        let len = secrecy::ExposeSecret::expose_secret(&e.password).len();
+        println!("registry {}  username {}  password <redacted, {len} characters>", e.registry, e.username);
+    }
+    let at = |t: Option<DateTime<Utc>>| t.map(|t| format!("{} (in {})", t.to_rfc3339(), until(now, Some(t)))).unwrap_or_else(|| "never".into());
+    println!("expires  {}", at(minted.expires_at));
+    println!("renews   {}", at(Some(renewal.at)));
+    if !renewal.safe {
+        println!("warning: this source's credentials live too short to be renewed safely");
+    }
+    if let Some(path) = &args.output_dockerconfigjson {
+        write_private(path, &crate::secret::render(&minted)).map_err(|e| CliError::Failed(format!("writing {}: {e}", path.display())))?;
+        println!("wrote {} (mode 0600)", path.display());
+    }
+    Ok(())
+}
+
+/// Write a file only its owner can read, created that way (no window in
+/// which it is readable by others).
+fn write_private(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    f.write_all(data)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -162,7 +162,7 @@ async fn reconcile_inner(cached: &ClusterRegistryCredential, ctx: &FleetContext)
                 SecretState::Ours(s) if s.intact => s.not_after,
                 _ => None,
             };
-            let who = Minter { refs_namespace: &refs_namespace, name: &name, cluster_scoped: true, seed };
+            let who = Minter { refs_namespace: &refs_namespace, name: &name, cluster_scoped: true, seed, secrets_dir: None };
             let attempt = async {
                 let (minted, renewal) = mint(base, &who, &ccr.spec.source, &ccr.spec.renewal, now).await?;
                 let desired = secret::desired_at(&placement(&ccr, &ctx.home_namespace, &home_secret, false), &minted, &desired_inputs, renewal.at)

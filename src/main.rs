@@ -23,6 +23,7 @@ fn main() -> anyhow::Result<()> {
         Command::Renew(args) => day2(regcred::day2::renew(args)),
         Command::Status(args) => day2(regcred::day2::status(args)),
         Command::Check(args) => day2(regcred::day2::check(args)),
+        Command::Mint(args) => day2(regcred::day2::mint(args)),
     }
     Ok(())
 }

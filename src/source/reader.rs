@@ -14,11 +14,34 @@ use super::SourceError;
 pub struct SecretReader {
     api: Api<Secret>,
     namespace: String,
+    /// For `regcred mint --secrets-dir`: Secrets read from `DIR/NAME/KEY`
+    /// files instead of the cluster.
+    dir: Option<std::path::PathBuf>,
 }
 
 impl SecretReader {
     pub fn new(client: Client, namespace: &str) -> Self {
-        Self { api: Api::namespaced(client, namespace), namespace: namespace.to_string() }
+        Self { api: Api::namespaced(client, namespace), namespace: namespace.to_string(), dir: None }
+    }
+
+    /// Read Secrets from files: `DIR/NAME/KEY` holds the value of key KEY of
+    /// Secret NAME (the layout of a mounted Secret volume per Secret).
+    pub fn from_dir(mut self, dir: std::path::PathBuf) -> Self {
+        self.dir = Some(dir);
+        self
+    }
+
+    fn read_dir(&self, dir: &std::path::Path, name: &str) -> Result<(String, BTreeMap<String, Vec<u8>>), SourceError> {
+        let path = dir.join(name);
+        let entries = std::fs::read_dir(&path).map_err(|_| SourceError::SecretNotFound { namespace: path.display().to_string(), name: name.to_string() })?;
+        let mut data = BTreeMap::new();
+        for e in entries.flatten() {
+            if e.path().is_file() {
+                let bytes = std::fs::read(e.path()).map_err(|e| SourceError::SecretRead { name: name.to_string(), reason: e.kind().to_string() })?;
+                data.insert(e.file_name().to_string_lossy().into_owned(), bytes);
+            }
+        }
+        Ok(("file".into(), data))
     }
 
     /// All data of a Secret, as raw bytes.
@@ -28,6 +51,9 @@ impl SecretReader {
 
     /// A Secret's resourceVersion and data.
     pub async fn versioned_data(&self, name: &str) -> Result<(String, BTreeMap<String, Vec<u8>>), SourceError> {
+        if let Some(dir) = &self.dir {
+            return self.read_dir(dir, name);
+        }
         let secret = self.api.get_opt(name).await.map_err(|e| SourceError::SecretRead {
             name: name.to_string(),
             reason: summarize_kube_error(&e),

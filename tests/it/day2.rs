@@ -166,3 +166,67 @@ async fn verify_before_swap_keeps_the_last_good_credential() {
     skopeo_pull(&dockerconfig(&secrets.get("checked").await.unwrap()), &image).expect("pulls after recovery");
     assert_no_secrets(&client, &ns.name, &operator, &["good-token-41".into(), "bad-token-42".into()]).await;
 }
+
+#[tokio::test]
+async fn mint_prints_a_redacted_summary_and_writes_a_file_that_pulls() {
+    let (client, ns) = setup("mint").await;
+    let dir = TempDir::new("mint");
+    // oauth2, Secrets from the cluster
+    let server = OAuth2Server::start(300).await;
+    create_secret(&client, &ns.name, "client", json!({"client_id": "regcred-basic", "client_secret": server.secret})).await;
+    // ECR on moto, keys from the cluster, a registry that accepts what moto mints
+    let (reg, image) = ecr_registry("123456789012").await;
+    let moto = MotoEcr::start(43_200, &[("123456789012", format!("http://{}", reg.host))]).await;
+    create_secret(&client, &ns.name, "aws-keys", json!({"AWS_ACCESS_KEY_ID": "AKIASTATIC0000000001", "AWS_SECRET_ACCESS_KEY": "aws-secret-key-mint-9"})).await;
+    // http, its basic-auth Secret from files
+    let endpoint = Hostile::start("127.0.0.1", None).await;
+    std::fs::create_dir_all(dir.join("robot")).unwrap();
+    std::fs::write(dir.join("robot/username"), "robot").unwrap();
+    std::fs::write(dir.join("robot/password"), "robot-pw-from-file").unwrap();
+
+    let specs = [
+        ("oauth2", json!({"oauth2": {"tokenURL": server.token_url(), "allowInsecureHTTP": true, "clientSecretRef": {"name": "client"}, "registries": ["registry.example.com"]}}), "registry.example.com", false),
+        ("http", json!({"http": {"url": endpoint.url("mint", "body", &[("b", r#"{"token":"http-minted-token-7","expires_in":600}"#)]), "allowInsecureHTTP": true, "auth": {"basic": {"name": "robot"}}, "registries": ["registry.example.com"]}}), "registry.example.com", true),
+        ("ecr", json!({"ecr": {"region": "eu-west-1", "endpoint": moto.endpoint(), "allowInsecureHTTP": true, "credentialsSecretRef": {"name": "aws-keys"}}}), reg.host.as_str(), false),
+    ];
+    let mut outputs = Vec::new();
+    let mut passwords = Vec::new();
+    for (kind, source, registry, from_files) in &specs {
+        let manifest = dir.join(&format!("{kind}.yaml"));
+        let cr = json!({"apiVersion": "regcred.dev/v1alpha1", "kind": "RegistryCredential", "metadata": {"name": kind}, "spec": {"source": source}});
+        std::fs::write(&manifest, serde_yaml::to_string(&cr).unwrap()).unwrap();
+        let out_file = dir.join(&format!("{kind}.json"));
+        let mut args = vec!["mint", "-f", manifest.to_str().unwrap(), "-n", &ns.name, "--output-dockerconfigjson", out_file.to_str().unwrap()];
+        let secrets_dir = dir.0.display().to_string();
+        if *from_files {
+            args.extend(["--secrets-dir", &secrets_dir]);
+        }
+        let (code, out, err) = cli(&args);
+        assert_eq!(code, 0, "{kind}: {out}{err}");
+        assert!(out.contains(&format!("registry {registry}")) && out.contains("password <redacted,"), "{kind}: {out}");
+        assert!(out.contains("expires  ") && out.contains("renews   "), "{kind}: {out}");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&out_file).unwrap().permissions().mode() & 0o777, 0o600, "{kind}");
+        let written = std::fs::read(&out_file).unwrap();
+        let v: Value = serde_json::from_slice(&written).unwrap();
+        let password = v["auths"][*registry]["password"].as_str().unwrap().to_string();
+        assert!(!out.contains(&password) && !err.contains(&password), "{kind}: the password was printed");
+        if *kind == "oauth2" {
+            assert!(server.active(&password).await, "the minted token is not active");
+        }
+        if *kind == "ecr" {
+            skopeo_pull(&written, &image).expect("the written dockerconfigjson pulls");
+        }
+        passwords.push(password);
+        outputs.extend([out, err]);
+    }
+    // Nothing was written to the cluster.
+    let secrets = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), &ns.name).list(&Default::default()).await.unwrap();
+    assert_eq!(secrets.items.len(), 2, "mint wrote to the cluster");
+    let (code, _, err) = cli(&["mint", "-f", "/nonexistent.yaml"]);
+    assert_eq!(code, 1, "{err}");
+    let refs: Vec<&str> = outputs.iter().map(String::as_str).collect();
+    let mut leaks: Vec<&str> = passwords.iter().map(String::as_str).collect();
+    leaks.extend([server.secret.as_str(), "aws-secret-key-mint-9", "robot-pw-from-file"]);
+    no_secret_in(&refs, &leaks);
+}
