@@ -73,6 +73,7 @@ fn placement(ccr: &ClusterRegistryCredential, namespace: &str, name: &str, templ
         owner: ccr.controller_owner_ref(&()).unwrap_or_default(),
         template: if template { ccr.spec.target.secret_template.clone().unwrap_or_default() } else { Default::default() },
         credential_label: (api::CLUSTER_CREDENTIAL_LABEL, ccr.metadata.uid.clone().unwrap_or_default()),
+        output: Default::default(),
     }
 }
 

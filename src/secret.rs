@@ -75,6 +75,39 @@ pub struct Annotated {
     pub renewal_time: Option<DateTime<Utc>>,
 }
 
+/// Label Argo CD reads to find repository Secrets.
+pub const ARGOCD_SECRET_TYPE_LABEL: &str = "argocd.argoproj.io/secret-type";
+pub const BASIC_AUTH_TYPE: &str = "kubernetes.io/basic-auth";
+
+/// The digest of a Secret's data: of `.dockerconfigjson` alone for pull
+/// Secrets (as it always was), else of every key and value in order.
+pub fn data_digest(data: &BTreeMap<String, ByteString>) -> String {
+    match data.get(DOCKERCONFIGJSON_KEY) {
+        Some(d) if data.len() == 1 => digest(&d.0),
+        _ => {
+            let mut all = Vec::new();
+            for (k, v) in data {
+                all.extend_from_slice(k.as_bytes());
+                all.push(0);
+                all.extend_from_slice(&v.0);
+                all.push(0);
+            }
+            digest(&all)
+        }
+    }
+}
+
+/// Does the Secret hold a complete credential in its format?
+fn complete(secret: &Secret) -> bool {
+    let Some(data) = secret.data.as_ref() else { return false };
+    let has = |k: &str| data.get(k).is_some_and(|v| !v.0.is_empty());
+    match secret.type_.as_deref() {
+        Some(DOCKERCONFIGJSON_TYPE) => data.get(DOCKERCONFIGJSON_KEY).is_some_and(|d| is_complete(&d.0)),
+        Some(BASIC_AUTH_TYPE) => has("username") && has("password"),
+        _ => has("url") && has("username") && has("password"),
+    }
+}
+
 /// Read back what regcred wrote: is the data still what we wrote, and the
 /// times and inputs recorded with it.
 pub fn read_annotations(secret: &Secret) -> Annotated {
@@ -84,13 +117,8 @@ pub fn read_annotations(secret: &Secret) -> Annotated {
             .and_then(|v| DateTime::parse_from_rfc3339(v).ok())
             .map(|t| t.with_timezone(&Utc))
     };
-    let data = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(DOCKERCONFIGJSON_KEY))
-        .map(|b| b.0.as_slice());
-    let intact = secret.type_.as_deref() == Some(DOCKERCONFIGJSON_TYPE)
-        && data.is_some_and(|d| is_complete(d) && ann.get(api::DATA_DIGEST_ANNOTATION) == Some(&digest(d)));
+    let intact = complete(secret)
+        && secret.data.as_ref().is_some_and(|d| ann.get(api::DATA_DIGEST_ANNOTATION) == Some(&data_digest(d)));
     Annotated {
         intact,
         inputs: ann.get(api::INPUTS_ANNOTATION).cloned(),
@@ -112,6 +140,61 @@ pub struct Placement {
     pub template: crate::api::SecretTemplate,
     /// The label naming the credential (key, value).
     pub credential_label: (&'static str, String),
+    /// The Secret's format.
+    pub output: crate::api::SecretOutput,
+}
+
+/// A Secret's type, data and extra labels in one format.
+pub struct Rendered {
+    pub type_: String,
+    pub data: BTreeMap<String, ByteString>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Render `minted` in the placement's format.
+pub fn render_as(output: &crate::api::SecretOutput, minted: &Minted) -> Result<Rendered, WriteError> {
+    use crate::api::{ArgoSecretType, OutputFormat};
+    let single = || match minted.entries.as_slice() {
+        [one] => Ok(one),
+        many => Err(WriteError::OneRegistry { count: many.len() }),
+    };
+    let b = |s: &str| ByteString(s.as_bytes().to_vec());
+    Ok(match output.format {
+        OutputFormat::DockerConfigJson => Rendered {
+            type_: DOCKERCONFIGJSON_TYPE.into(),
+            data: [(DOCKERCONFIGJSON_KEY.to_string(), ByteString(render(minted)))].into(),
+            labels: BTreeMap::new(),
+        },
+        OutputFormat::BasicAuth => {
+            let e = single()?;
+            Rendered {
+                type_: BASIC_AUTH_TYPE.into(),
+                data: [("username".to_string(), b(&e.username)), ("password".to_string(), b(e.password.expose_secret()))].into(),
+                labels: BTreeMap::new(),
+            }
+        }
+        OutputFormat::ArgoCd => {
+            let e = single()?;
+            let kind = match output.argocd_secret_type.unwrap_or_default() {
+                ArgoSecretType::Repository => "repository",
+                ArgoSecretType::RepoCreds => "repo-creds",
+            };
+            let name = output.argocd_name.clone().unwrap_or_else(|| e.registry.clone());
+            Rendered {
+                type_: "Opaque".into(),
+                data: [
+                    ("type".to_string(), b("helm")),
+                    ("url".to_string(), b(&e.registry)),
+                    ("enableOCI".to_string(), b("true")),
+                    ("username".to_string(), b(&e.username)),
+                    ("password".to_string(), b(e.password.expose_secret())),
+                    ("name".to_string(), b(&name)),
+                ]
+                .into(),
+                labels: [(ARGOCD_SECRET_TYPE_LABEL.to_string(), kind.to_string())].into(),
+            }
+        }
+    })
 }
 
 /// The Secret as regcred wants it.
@@ -127,6 +210,7 @@ pub fn desired(
         owner: cr.controller_owner_ref(&()).unwrap_or_default(),
         template: cr.spec.secret_template.clone().unwrap_or_default(),
         credential_label: (api::CREDENTIAL_LABEL, cr.meta().name.clone().unwrap_or_default()),
+        output: cr.spec.output.clone().unwrap_or_default(),
     };
     desired_at(&placement, minted, inputs, renewal_time)
 }
@@ -136,9 +220,10 @@ pub fn desired_at(p: &Placement, minted: &Minted, inputs: &str, renewal_time: Da
     if minted.entries.is_empty() {
         return Err(WriteError::Empty);
     }
-    let data = render(minted);
-    if data.len() > MAX_DATA_BYTES {
-        return Err(WriteError::TooLarge { bytes: data.len() });
+    let rendered = render_as(&p.output, minted)?;
+    let bytes: usize = rendered.data.iter().map(|(k, v)| k.len() + v.0.len()).sum();
+    if bytes > MAX_DATA_BYTES {
+        return Err(WriteError::TooLarge { bytes });
     }
     let mut annotations = BTreeMap::new();
     annotations.insert(api::ISSUED_AT_ANNOTATION.into(), rfc3339(minted.issued_at));
@@ -147,21 +232,23 @@ pub fn desired_at(p: &Placement, minted: &Minted, inputs: &str, renewal_time: Da
     }
     annotations.insert(api::RENEWAL_ANNOTATION.into(), rfc3339(renewal_time));
     annotations.insert(api::INPUTS_ANNOTATION.into(), inputs.to_string());
-    annotations.insert(api::DATA_DIGEST_ANNOTATION.into(), digest(&data));
-    Ok(placed(p, data, annotations))
+    annotations.insert(api::DATA_DIGEST_ANNOTATION.into(), data_digest(&rendered.data));
+    Ok(placed(p, rendered, annotations))
 }
 
 /// A copy of `source` (one of our Secrets: its data and regcred's
 /// annotations) for another placement.
 pub fn copy_to(p: &Placement, source: &Secret) -> Option<Secret> {
-    let data = source.data.as_ref()?.get(DOCKERCONFIGJSON_KEY)?.0.clone();
+    let data = source.data.clone().filter(|d| !d.is_empty())?;
     let ann = source.metadata.annotations.clone().unwrap_or_default();
     let ours: BTreeMap<String, String> = ann.into_iter().filter(|(k, _)| k.starts_with("regcred.dev/")).collect();
-    Some(placed(p, data, ours))
+    let rendered = Rendered { type_: source.type_.clone().unwrap_or_else(|| DOCKERCONFIGJSON_TYPE.into()), data, labels: BTreeMap::new() };
+    Some(placed(p, rendered, ours))
 }
 
-fn placed(p: &Placement, data: Vec<u8>, regcred_annotations: BTreeMap<String, String>) -> Secret {
+fn placed(p: &Placement, rendered: Rendered, regcred_annotations: BTreeMap<String, String>) -> Secret {
     let mut labels: BTreeMap<String, String> = p.template.labels.clone();
+    labels.extend(rendered.labels);
     labels.insert(api::MANAGED_BY_LABEL.into(), api::MANAGED_BY_VALUE.into());
     labels.insert(p.credential_label.0.into(), p.credential_label.1.clone());
     let mut annotations: BTreeMap<String, String> = p.template.annotations.clone();
@@ -175,8 +262,8 @@ fn placed(p: &Placement, data: Vec<u8>, regcred_annotations: BTreeMap<String, St
             owner_references: Some(vec![p.owner.clone()]),
             ..Default::default()
         },
-        type_: Some(DOCKERCONFIGJSON_TYPE.into()),
-        data: Some([(DOCKERCONFIGJSON_KEY.to_string(), ByteString(data))].into()),
+        type_: Some(rendered.type_),
+        data: Some(rendered.data),
         ..Default::default()
     }
 }
@@ -190,8 +277,10 @@ pub enum WriteError {
     Stale,
     #[error("the source returned no registry entry; an empty .dockerconfigjson is never written")]
     Empty,
-    #[error("the rendered .dockerconfigjson is {bytes} bytes, over the Secret size limit")]
+    #[error("the rendered Secret data is {bytes} bytes, over the Secret size limit")]
     TooLarge { bytes: usize },
+    #[error("spec.output: this format holds one registry; the source gave {count}")]
+    OneRegistry { count: usize },
     #[error("the API server refused the Secret: {code} {reason}: {message}")]
     Rejected { code: u16, reason: String, message: String },
     #[error("writing the Secret: API server answered {code} {reason}")]
@@ -308,6 +397,24 @@ mod tests {
         let owner = &s.metadata.owner_references.as_ref().unwrap()[0];
         assert_eq!((owner.uid.as_str(), owner.controller), ("u", Some(true)));
         assert!(read_annotations(&s).intact);
+    }
+
+    #[test]
+    fn other_formats_hold_one_registry() {
+        use crate::api::{OutputFormat, SecretOutput};
+        let m = minted(&[("r.example:5000", "robot", "pw")]);
+        let argo = render_as(&SecretOutput { format: OutputFormat::ArgoCd, ..Default::default() }, &m).unwrap();
+        let keys: Vec<&str> = argo.data.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["enableOCI", "name", "password", "type", "url", "username"]);
+        assert_eq!(argo.data["url"].0, b"r.example:5000");
+        assert_eq!(argo.labels[ARGOCD_SECRET_TYPE_LABEL], "repository");
+        let basic = render_as(&SecretOutput { format: OutputFormat::BasicAuth, ..Default::default() }, &m).unwrap();
+        assert_eq!((basic.type_.as_str(), basic.data.len()), (BASIC_AUTH_TYPE, 2));
+        let two = minted(&[("a", "u", "p"), ("b", "u", "p")]);
+        assert!(matches!(render_as(&SecretOutput { format: OutputFormat::ArgoCd, ..Default::default() }, &two), Err(WriteError::OneRegistry { count: 2 })));
+        // a pull Secret's digest is still the digest of .dockerconfigjson alone
+        let d = render_as(&SecretOutput::default(), &m).unwrap();
+        assert_eq!(data_digest(&d.data), digest(&render(&m)));
     }
 
     #[test]

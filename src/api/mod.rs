@@ -110,6 +110,58 @@ pub struct RegistryCredentialSpec {
     /// `imagePullSecrets`, so Pods need no change. Off when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_accounts: Option<ServiceAccountSelection>,
+
+    /// What kind of Secret to write. Default: a
+    /// `kubernetes.io/dockerconfigjson` pull Secret. A Secret's type cannot
+    /// change: to switch formats, use a new `secretName`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<SecretOutput>,
+}
+
+/// The shape of the written Secret.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[x_kube(validation = kube::core::Rule::new("self.format == 'argocd' || (!has(self.argocdSecretType) && !has(self.argocdName))")
+    .message("argocdSecretType and argocdName apply to format argocd only"))]
+#[serde(rename_all = "camelCase")]
+pub struct SecretOutput {
+    /// `dockerconfigjson` (default): for `imagePullSecrets`. `argocd`: an Argo
+    /// CD repository Secret for an OCI Helm registry (keys `type: helm`,
+    /// `url`, `enableOCI: "true"`, `username`, `password`, `name`; label
+    /// `argocd.argoproj.io/secret-type`). `basic-auth`: a
+    /// `kubernetes.io/basic-auth` Secret (`username`, `password`). `argocd`
+    /// and `basic-auth` hold one registry.
+    #[serde(default)]
+    pub format: OutputFormat,
+    /// For `argocd`: `repository` (default) or `repo-creds` (credentials for
+    /// every repository under the URL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub argocd_secret_type: Option<ArgoSecretType>,
+    /// For `argocd`: the repository's display name. Defaults to the registry host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub argocd_name: Option<String>,
+}
+
+/// Secret formats.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+pub enum OutputFormat {
+    #[default]
+    #[serde(rename = "dockerconfigjson")]
+    DockerConfigJson,
+    #[serde(rename = "argocd")]
+    ArgoCd,
+    #[serde(rename = "basic-auth")]
+    BasicAuth,
+}
+
+/// Argo CD's Secret kinds for repository credentials.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+pub enum ArgoSecretType {
+    #[default]
+    #[serde(rename = "repository")]
+    Repository,
+    #[serde(rename = "repo-creds")]
+    RepoCreds,
 }
 
 /// When to renew: shared by both credential kinds.

@@ -6,6 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use kube::api::{Api, Patch, PatchParams};
+use kube::ResourceExt;
 use regcred::api::RegistryCredential;
 use serde_json::{json, Value};
 
@@ -229,4 +230,50 @@ async fn mint_prints_a_redacted_summary_and_writes_a_file_that_pulls() {
     let mut leaks: Vec<&str> = passwords.iter().map(String::as_str).collect();
     leaks.extend([server.secret.as_str(), "aws-secret-key-mint-9", "robot-pw-from-file"]);
     no_secret_in(&refs, &leaks);
+}
+
+#[tokio::test]
+async fn argocd_and_basic_auth_outputs() {
+    let (client, ns) = setup("outputs").await;
+    let robot_pw = "robot-pw-argo-5";
+    let reg = Registry::htpasswd(&[("robot", robot_pw)]).await;
+    let image = reg.push_test_image("charts/app", "robot", robot_pw);
+    let operator = Operator::start(&ns.name);
+    create_secret(&client, &ns.name, "robot", json!({"username": "robot", "password": robot_pw})).await;
+    let basic = json!({"secretRef": {"name": "robot"}, "registries": [reg.host], "allowInsecureHTTP": true});
+    create_credential(&client, &ns.name, "argo", json!({"source": {"basic": basic},
+        "output": {"format": "argocd", "argocdSecretType": "repo-creds", "argocdName": "team charts"}})).await;
+    create_credential(&client, &ns.name, "plain", json!({"source": {"basic": basic}, "output": {"format": "basic-auth"}})).await;
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &ns.name);
+    let text = |s: &k8s_openapi::api::core::v1::Secret, k: &str| String::from_utf8(s.data.as_ref().unwrap()[k].0.clone()).unwrap();
+
+    wait_ready(&client, &ns.name, "argo", "True", Some("Rotated"), Duration::from_secs(60)).await;
+    let argo = secrets.get("argo").await.unwrap();
+    let keys: Vec<&String> = argo.data.as_ref().unwrap().keys().collect();
+    assert_eq!(keys, ["enableOCI", "name", "password", "type", "url", "username"], "the keys Argo CD documents");
+    assert_eq!(argo.labels().get("argocd.argoproj.io/secret-type").map(String::as_str), Some("repo-creds"));
+    assert_eq!((text(&argo, "type").as_str(), text(&argo, "enableOCI").as_str()), ("helm", "true"));
+    assert_eq!((text(&argo, "url"), text(&argo, "name").as_str()), (reg.host.clone(), "team charts"));
+    skopeo_pull_creds(&text(&argo, "username"), &text(&argo, "password"), &image).expect("the Argo CD credential logs in");
+
+    wait_ready(&client, &ns.name, "plain", "True", Some("Rotated"), Duration::from_secs(60)).await;
+    let plain = secrets.get("plain").await.unwrap();
+    assert_eq!(plain.type_.as_deref(), Some("kubernetes.io/basic-auth"));
+    assert_eq!(plain.data.as_ref().unwrap().len(), 2);
+    skopeo_pull_creds(&text(&plain, "username"), &text(&plain, "password"), &image).expect("the basic-auth credential logs in");
+    // The rules hold: an edit is repaired in place.
+    let uid = plain.metadata.uid.clone();
+    secrets.patch("plain", &PatchParams::default(), &Patch::Merge(json!({"stringData": {"password": "edited"}}))).await.unwrap();
+    wait_for(Duration::from_secs(30), "the edited Secret repaired", || async {
+        let s = secrets.get("plain").await.ok()?;
+        (text(&s, "password") == robot_pw && s.metadata.uid == uid).then_some(())
+    })
+    .await;
+    // argocd holds one registry: two are refused, and nothing is written.
+    create_credential(&client, &ns.name, "two", json!({"source": {"basic": {"secretRef": {"name": "robot"}, "registries": [reg.host, "other.example"], "verify": false}},
+        "output": {"format": "argocd"}})).await;
+    let cr = wait_ready(&client, &ns.name, "two", "False", None, Duration::from_secs(60)).await;
+    assert!(cr.ready().unwrap().message.contains("holds one registry"), "{}", cr.ready().unwrap().message);
+    assert!(secrets.get_opt("two").await.unwrap().is_none());
+    assert_no_secrets(&client, &ns.name, &operator, &[robot_pw.into()]).await;
 }

@@ -319,6 +319,24 @@ pub fn skopeo_pull(dockerconfigjson: &[u8], image: &str) -> Result<(), String> {
     skopeo_pull_with(dockerconfigjson, image, None)
 }
 
+/// Pull `image` with a username and password (not a dockerconfigjson).
+pub fn skopeo_pull_creds(username: &str, password: &str, image: &str) -> Result<(), String> {
+    let dir = TempDir::new("pull");
+    let mut cmd = Command::new(peers().path("SKOPEO"));
+    cmd.args(["copy", "--src-tls-verify=false", "--src-creds", &format!("{username}:{password}")]);
+    skopeo_copy_out(cmd, image, &dir)
+}
+
+/// Finish a `skopeo copy` from `image` into a scratch directory.
+fn skopeo_copy_out(mut cmd: Command, image: &str, dir: &TempDir) -> Result<(), String> {
+    let out = cmd.arg(format!("docker://{image}")).arg(format!("dir:{}", dir.join("image").display())).output().unwrap();
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
 /// Pull over https, trusting the CA in `cert_dir` (and verifying the chain).
 pub fn skopeo_pull_tls(dockerconfigjson: &[u8], image: &str, cert_dir: &Path) -> Result<(), String> {
     skopeo_pull_with(dockerconfigjson, image, Some(cert_dir))
@@ -333,18 +351,8 @@ fn skopeo_pull_with(dockerconfigjson: &[u8], image: &str, cert_dir: Option<&Path
         Some(d) => cmd.arg("copy").arg("--src-cert-dir").arg(d),
         None => cmd.args(["copy", "--src-tls-verify=false"]),
     };
-    let out = cmd
-        .arg("--authfile")
-        .arg(&authfile)
-        .arg(format!("docker://{image}"))
-        .arg(format!("dir:{}", dir.join("image").display()))
-        .output()
-        .unwrap();
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
+    cmd.arg("--authfile").arg(&authfile);
+    skopeo_copy_out(cmd, image, &dir)
 }
 
 /// The OAuth2 server (oidc-provider) with a fixed port, so it can be stopped
