@@ -21,6 +21,7 @@ use kube::runtime::watcher::{self, watcher};
 use kube::runtime::WatchStreamExt;
 use kube::{Client, Resource, ResourceExt};
 use tokio::sync::Semaphore;
+use secrecy::SecretString;
 use tracing::{debug, error, info, warn};
 
 use crate::api::{self, RegistryCredential};
@@ -422,9 +423,19 @@ async fn reconcile_inner(cached: &RegistryCredential, ctx: &Context) -> Result<A
     };
     let cr = &fresh;
     let wants_accounts = cr.spec.service_accounts.is_some();
-    if cr.metadata.deletion_timestamp.is_some() || (!wants_accounts && has_finalizer(cr)) {
+    let revocation = cr.spec.source.oauth2.as_ref().and_then(|o| o.revoke.clone()).unwrap_or_default();
+    let needs_finalizer = wants_accounts || revocation.on_delete == Some(true);
+    if cr.metadata.deletion_timestamp.is_some() || (!needs_finalizer && has_finalizer(cr)) {
         // The owner reference lets garbage collection remove the Secret;
-        // the ServiceAccount entries are ours to remove.
+        // the ServiceAccount entries are ours to remove, and the current
+        // token ours to revoke (one attempt: deletion is not held up).
+        if cr.metadata.deletion_timestamp.is_some() && has_finalizer(cr) && revocation.on_delete == Some(true) {
+            if let Some(current) = secrets.get_opt(&cr.secret_name()).await.ok().flatten().filter(|s| secret::is_ours(s, cr)) {
+                if let Some(token) = secret::password_of(&current) {
+                    revoke_now(ctx, cr, SecretString::from(token), 1).await;
+                }
+            }
+        }
         if has_finalizer(cr) {
             let accounts = list_accounts(ctx, &ns).await?;
             crate::serviceaccounts::sync_namespace(&ctx.client, &ns, &accounts, &cr.secret_name(), None)
@@ -434,8 +445,9 @@ async fn reconcile_inner(cached: &RegistryCredential, ctx: &Context) -> Result<A
         }
         return Ok(Action::await_change());
     }
-    if wants_accounts && !has_finalizer(cr) {
-        // Before the first entry is added: the entries must be removable.
+    if needs_finalizer && !has_finalizer(cr) {
+        // Before the first entry is added (or token minted): they must be
+        // removable (revocable) when the credential goes.
         set_finalizer(&crs, cr, true).await.map_err(kube_err("adding the finalizer"))?;
     }
     let now = (ctx.now)();
@@ -550,8 +562,95 @@ async fn reconcile_inner(cached: &RegistryCredential, ctx: &Context) -> Result<A
         None => publish(ctx, cr, EventType::Normal, reason::ROTATED, Some(format!("Wrote a new credential to Secret {secret_name}"))).await,
     }
     info!(namespace = %ns, name = %name, renewal = %renewal.at, not_after = ?minted.expires_at, "rotated");
+    if revocation.on_rotation == Some(true) {
+        let previous = existing.as_ref().filter(|s| secret::is_ours(s, cr)).and_then(secret::password_of);
+        let new = minted.entries.first().map(|e| secrecy::ExposeSecret::expose_secret(&e.password).to_string());
+        if let Some(previous) = previous.filter(|p| Some(p) != new.as_ref()) {
+            let delay = revocation
+                .delay
+                .as_deref()
+                .and_then(|d| source::parse_duration("spec.source.oauth2.revoke.delay", d).ok())
+                .and_then(|d| d.to_std().ok())
+                .unwrap_or(Duration::from_secs(60))
+                .min(Duration::from_secs(3600));
+            spawn_revocation(ctx, cr, SecretString::from(previous), delay);
+        }
+    }
     sync_accounts(ctx, cr, &ns).await?;
     Ok(Action::requeue(schedule::requeue_after((ctx.now)(), renewal.at)))
+}
+
+/// Revoke a replaced token after `delay`, in the background (a rotation
+/// never waits for it). The token lives only in this task's memory: after an
+/// operator restart it simply expires.
+fn spawn_revocation(ctx: &Context, cr: &RegistryCredential, token: SecretString, delay: Duration) {
+    let task = RevokeTask::from(ctx, cr);
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        task.run(token, 3).await;
+    });
+}
+
+/// Revoke now, with `attempts` tries; reported by Event and metric.
+async fn revoke_now(ctx: &Context, cr: &RegistryCredential, token: SecretString, attempts: u32) {
+    RevokeTask::from(ctx, cr).run(token, attempts).await
+}
+
+/// What a revocation needs, detached from the reconcile.
+struct RevokeTask {
+    spec: Option<api::OAuth2Source>,
+    secrets: SecretReader,
+    net: NetPolicy,
+    metrics: Arc<Metrics>,
+    recorder: Recorder,
+    about: k8s_openapi::api::core::v1::ObjectReference,
+    labels: (String, String),
+}
+
+impl RevokeTask {
+    fn from(ctx: &Context, cr: &RegistryCredential) -> Self {
+        let ns = cr.namespace().unwrap_or_default();
+        Self {
+            spec: cr.spec.source.oauth2.clone(),
+            secrets: SecretReader::new(ctx.client.clone(), &ns),
+            net: ctx.settings.net.clone(),
+            metrics: ctx.metrics.clone(),
+            recorder: ctx.recorder.clone(),
+            about: cr.object_ref(&()),
+            labels: (ns, cr.name_any()),
+        }
+    }
+
+    async fn run(self, token: SecretString, attempts: u32) {
+        let Some(spec) = &self.spec else { return };
+        let mut last = None;
+        for attempt in 0..attempts.max(1) {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_secs(5 * 3u64.pow(attempt - 1))).await;
+            }
+            match tokio::time::timeout(Duration::from_secs(15), source::oauth2::revoke(spec, &self.secrets, &self.net, &token)).await {
+                Ok(Ok(())) => {
+                    last = None;
+                    break;
+                }
+                Ok(Err(e)) => last = Some(e.to_string()),
+                Err(_) => last = Some("the revocation endpoint did not answer within 15s".into()),
+            }
+        }
+        let (namespace, name) = self.labels.clone();
+        let (result, type_, reason, note) = match last {
+            None => ("revoked", EventType::Normal, "Revoked", "Revoked the previous token (RFC 7009)".to_string()),
+            Some(e) => {
+                warn!(namespace = %namespace, name = %name, error = %e, "revoking a token failed");
+                ("failed", EventType::Warning, "RevocationFailed", format!("Revoking a token failed: {e}"))
+            }
+        };
+        self.metrics.revocations.get_or_create(&crate::metrics::RevocationLabels { namespace, name, result: result.into() }).inc();
+        let ev = Event { type_, reason: reason.into(), note: Some(note.chars().take(1000).collect()), action: "Revoke".into(), secondary: None };
+        if let Err(e) = self.recorder.publish(&ev, &self.about).await {
+            warn!(error = %crate::source::summarize_kube_error(&e), "publishing an Event failed");
+        }
+    }
 }
 
 /// Bring the namespace's ServiceAccounts in line with `spec.serviceAccounts`.

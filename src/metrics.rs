@@ -22,6 +22,14 @@ pub struct FailureLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RevocationLabels {
+    pub namespace: String,
+    pub name: String,
+    /// `revoked` or `failed`.
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabels {
     pub source: String,
 }
@@ -37,6 +45,7 @@ pub struct Metrics {
     pub rotations: Family<CredentialLabels, Counter>,
     pub failures: Family<FailureLabels, Counter>,
     pub mints: Family<SourceLabels, Counter>,
+    pub revocations: Family<RevocationLabels, Counter>,
     pub reconcile_duration: Histogram,
     pub leader: Gauge,
 }
@@ -51,6 +60,7 @@ impl Default for Metrics {
             rotations: Family::default(),
             failures: Family::default(),
             mints: Family::default(),
+            revocations: Family::default(),
             reconcile_duration: Histogram::new([0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
             leader: Gauge::default(),
             registry: Registry::default(),
@@ -70,6 +80,7 @@ impl Default for Metrics {
         registry.register("rotations", "Secrets written with a new credential", m.rotations.clone());
         registry.register("mint_failures", "Failed attempts to mint, by reason", m.failures.clone());
         registry.register("mints", "Credentials minted, by source kind", m.mints.clone());
+        registry.register("revocations", "Token revocations (RFC 7009), by result", m.revocations.clone());
         registry.register(
             "reconcile_duration_seconds",
             "Time spent in one reconcile",
@@ -101,6 +112,9 @@ impl Metrics {
         self.renewal.remove(&l);
         self.ready.remove(&l);
         self.rotations.remove(&l);
+        for result in ["revoked", "failed"] {
+            self.revocations.remove(&RevocationLabels { namespace: namespace.into(), name: name.into(), result: result.into() });
+        }
         for reason in crate::status::reason::FAILURES {
             self.failures.remove(&FailureLabels { namespace: namespace.into(), name: name.into(), reason: reason.to_string() });
         }

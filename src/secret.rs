@@ -108,6 +108,16 @@ fn complete(secret: &Secret) -> bool {
     }
 }
 
+/// The password a Secret of ours holds (the first registry's, in any format).
+pub fn password_of(secret: &Secret) -> Option<String> {
+    let data = secret.data.as_ref()?;
+    if let Some(p) = data.get("password") {
+        return String::from_utf8(p.0.clone()).ok();
+    }
+    let v: Value = serde_json::from_slice(&data.get(DOCKERCONFIGJSON_KEY)?.0).ok()?;
+    v.get("auths")?.as_object()?.values().next()?.get("password")?.as_str().map(String::from)
+}
+
 /// Read back what regcred wrote: is the data still what we wrote, and the
 /// times and inputs recorded with it.
 pub fn read_annotations(secret: &Secret) -> Annotated {

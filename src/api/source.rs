@@ -217,8 +217,41 @@ pub struct OAuth2Source {
     /// Registry hosts the token is written for.
     #[schemars(length(min = 1, max = 20), inner(length(min = 1, max = 253), pattern(REGISTRY_HOST)))]
     pub registries: Vec<String>,
+    /// Revoke tokens that are no longer used (RFC 7009). Off when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoke: Option<Revocation>,
     #[serde(flatten)]
     pub client: HttpClientSettings,
+}
+
+/// Token revocation (RFC 7009): a replaced or deleted credential's token
+/// should not stay valid longer than needed. A failed revocation is reported
+/// (Event, metric) and retried a few times; it never holds up a rotation,
+/// and delays a deletion by at most one attempt.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Revocation {
+    /// After a rotation has written the new token and `delay` has passed,
+    /// revoke the previous one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_rotation: Option<bool>,
+    /// How long the previous token stays valid after a rotation (Pods
+    /// starting right then may still pull with it), as a Go duration up to
+    /// `1h`. Defaults to `1m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64), pattern(GO_DURATION))]
+    #[x_kube(validation = kube::core::Rule::new("duration(self) <= duration('1h')").message("delay must be at most 1h"))]
+    pub delay: Option<String>,
+    /// When the RegistryCredential is deleted, revoke its current token (a
+    /// finalizer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_delete: Option<bool>,
+    /// The revocation endpoint. Defaults to `revocation_endpoint` from the
+    /// server's metadata (`/.well-known/openid-configuration`, else
+    /// `/.well-known/oauth-authorization-server`, at the token URL's origin).
+    #[serde(default, rename = "revocationURL", skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048), pattern(r"^https?://[^\s/?#@]+([/?#]\S*)?$"))]
+    pub revocation_url: Option<String>,
 }
 
 /// Secret keys holding an OAuth2 client's id and secret.

@@ -10,7 +10,7 @@ mod error;
 mod http;
 pub mod httpclient;
 pub mod login;
-mod oauth2;
+pub mod oauth2;
 mod reader;
 
 use std::future::Future;

@@ -73,7 +73,15 @@ fn request_body(spec: &OAuth2Source, id: &SecretString, secret: &SecretString) -
     for (k, v) in &spec.extra_params {
         form.append_pair(k, v);
     }
-    let authorization = match spec.auth_method.unwrap_or_default() {
+    let authorization = client_auth(spec, id, secret, &mut form);
+    (form.finish(), authorization)
+}
+
+/// Client authentication for a request to the server: the Authorization
+/// header value for `client_secret_basic`, or the credentials added to the
+/// form for `client_secret_post`.
+fn client_auth(spec: &OAuth2Source, id: &SecretString, secret: &SecretString, form: &mut form_urlencoded::Serializer<String>) -> Option<String> {
+    match spec.auth_method.unwrap_or_default() {
         ClientAuthMethod::ClientSecretBasic => {
             // RFC 6749 §2.3.1: form-encode id and secret before Basic.
             let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
@@ -85,8 +93,7 @@ fn request_body(spec: &OAuth2Source, id: &SecretString, secret: &SecretString) -
             form.append_pair("client_secret", secret.expose_secret());
             None
         }
-    };
-    (form.finish(), authorization)
+    }
 }
 
 impl TokenSource for OAuth2 {
@@ -154,5 +161,67 @@ mod tests {
             assert_eq!(err.category(), "InvalidResponse", "{bad}");
             assert!(!err.to_string().contains("\"a\""), "{err}");
         }
+    }
+}
+
+/// The revocation endpoint: the spec's, else the server's metadata.
+async fn revocation_endpoint(spec: &OAuth2Source, client: &httpclient::Client, token_url: &url::Url) -> Result<url::Url, SourceError> {
+    if let Some(u) = spec.revoke.as_ref().and_then(|r| r.revocation_url.as_deref()) {
+        return checked_url("spec.source.oauth2.revoke.revocationURL", u, &spec.client);
+    }
+    #[derive(Deserialize)]
+    struct Metadata {
+        revocation_endpoint: Option<String>,
+    }
+    for path in ["/.well-known/openid-configuration", "/.well-known/oauth-authorization-server"] {
+        let mut u = token_url.clone();
+        u.set_path(path);
+        u.set_query(None);
+        let endpoint = endpoint_of(&u);
+        let Ok(resp) = client.send(client.get(&u)?, &endpoint).await else { continue };
+        if !(200..300).contains(&resp.status) {
+            continue;
+        }
+        if let Some(e) = serde_json::from_slice::<Metadata>(&resp.body).ok().and_then(|m| m.revocation_endpoint) {
+            return checked_url("revocation_endpoint", &e, &spec.client);
+        }
+    }
+    Err(SourceError::InvalidSpec {
+        field: "spec.source.oauth2.revoke",
+        problem: "the server advertises no revocation_endpoint; set revocationURL".into(),
+    })
+}
+
+/// Revoke an access token (RFC 7009), authenticating as for the token
+/// request. `Ok` when the server answered 200.
+pub async fn revoke(spec: &OAuth2Source, secrets: &super::SecretReader, net: &super::NetPolicy, token: &SecretString) -> Result<(), SourceError> {
+    let token_url = checked_url("spec.source.oauth2.tokenURL", &spec.token_url, &spec.client)?;
+    let client = httpclient::build(&spec.client, secrets, net).await?;
+    let url = revocation_endpoint(spec, &client, &token_url).await?;
+    let endpoint = endpoint_of(&url);
+    let r = &spec.client_secret_ref;
+    let mut data = secrets.data(&r.name).await?;
+    let id = take_key(&mut data, &r.name, r.client_id_key.as_deref().unwrap_or("client_id"))?;
+    let secret = take_key(&mut data, &r.name, r.client_secret_key.as_deref().unwrap_or("client_secret"))?;
+    // Built before any await: the form serializer is not Send.
+    let (body, authorization) = {
+        let mut form = form_urlencoded::Serializer::new(String::new());
+        form.append_pair("token", token.expose_secret());
+        form.append_pair("token_type_hint", "access_token");
+        let authorization = client_auth(spec, &id, &secret, &mut form);
+        (form.finish(), authorization)
+    };
+    let mut req = client.request(reqwest::Method::POST, &url)?.header("content-type", "application/x-www-form-urlencoded");
+    if let Some(a) = authorization {
+        let mut v = reqwest::header::HeaderValue::from_str(&a)
+            .map_err(|_| SourceError::InvalidSpec { field: "spec.source.oauth2.clientSecretRef", problem: "the client id or secret cannot be sent in a header".into() })?;
+        v.set_sensitive(true);
+        req = req.header("authorization", v);
+    }
+    let resp = client.send(req.body(body), &endpoint).await?;
+    if resp.status == 200 {
+        Ok(())
+    } else {
+        Err(httpclient::status_error(&endpoint, &resp))
     }
 }

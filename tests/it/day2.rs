@@ -277,3 +277,35 @@ async fn argocd_and_basic_auth_outputs() {
     assert!(secrets.get_opt("two").await.unwrap().is_none());
     assert_no_secrets(&client, &ns.name, &operator, &[robot_pw.into()]).await;
 }
+
+#[tokio::test]
+async fn replaced_and_deleted_tokens_are_revoked() {
+    let (client, ns) = setup("revoke").await;
+    let server = OAuth2Server::start(20).await;
+    let operator = Operator::start(&ns.name);
+    create_secret(&client, &ns.name, "client", json!({"client_id": "regcred-basic", "client_secret": server.secret})).await;
+    create_credential(&client, &ns.name, "cred", json!({"source": {"oauth2": {
+        "tokenURL": server.token_url(), "allowInsecureHTTP": true, "clientSecretRef": {"name": "client"},
+        "registries": ["registry.example.com"], "revoke": {"onRotation": true, "delay": "2s", "onDelete": true}
+    }}})).await;
+    wait_ready(&client, &ns.name, "cred", "True", Some("Rotated"), Duration::from_secs(60)).await;
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &ns.name);
+    let first = password_in(&secrets.get("cred").await.unwrap(), "registry.example.com");
+    assert!(server.active(&first).await);
+    // After the rotation and the delay, the previous token is inactive, the new one active.
+    let second = wait_for(Duration::from_secs(40), "a rotation", || async {
+        let t = password_in(&secrets.get("cred").await.ok()?, "registry.example.com");
+        (t != first).then_some(t)
+    })
+    .await;
+    wait_for(Duration::from_secs(20), "the previous token revoked", || async { (!server.active(&first).await).then_some(()) }).await;
+    assert!(server.active(&second).await, "the current token was revoked");
+    // Deleting the credential revokes the current one.
+    let crs: Api<RegistryCredential> = Api::namespaced(client.clone(), &ns.name);
+    assert!(crs.get("cred").await.unwrap().finalizers().contains(&"regcred.dev/cleanup".to_string()));
+    let current = password_in(&secrets.get("cred").await.unwrap(), "registry.example.com");
+    crs.delete("cred", &Default::default()).await.unwrap();
+    wait_for(Duration::from_secs(30), "the credential gone", || async { crs.get_opt("cred").await.ok()?.is_none().then_some(()) }).await;
+    assert!(!server.active(&current).await, "the deleted credential's token is still active");
+    assert_no_secrets(&client, &ns.name, &operator, &[server.secret.clone(), first, second, current]).await;
+}

@@ -1,6 +1,7 @@
 // A real OAuth2 authorization server for regcred's tests: oidc-provider with
 // the client-credentials grant, strict client authentication (one client per
-// method), token introspection, and a configurable token lifetime.
+// method), token introspection and revocation (RFC 7009, advertised in
+// discovery), and a configurable token lifetime.
 //
 //   PORT=0 TOKEN_TTL=30 CLIENT_SECRET=... node server.mjs
 //
@@ -40,6 +41,7 @@ function start(issuerPort) {
     features: {
       clientCredentials: { enabled: true },
       introspection: { enabled: true },
+      revocation: { enabled: true },
       devInteractions: { enabled: false },
     },
     scopes: ['registry:pull'],
