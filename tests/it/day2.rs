@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use crate::support::*;
 
 /// Run `regcred ARGS`: (exit code, stdout, stderr).
-fn cli(args: &[&str]) -> (i32, String, String) {
+pub fn cli(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_regcred"))
         .args(args)
         .env("KUBECONFIG", &control_plane().kubeconfig)

@@ -315,6 +315,19 @@ async fn a_foreign_secret_fails_one_namespace_and_deletion_cleans_up_exactly_our
         let s = Api::<Secret>::namespaced(client.clone(), ns).get("pull").await.unwrap();
         skopeo_pull(&dockerconfig(&s), &image).unwrap_or_else(|e| panic!("{ns}: {e}"));
     }
+    // `regcred renew --cluster`: one new credential for the fleet, recorded in status.
+    let before = Api::<Secret>::namespaced(client.clone(), &nss[0]).get("pull").await.unwrap();
+    let (code, out, err) = crate::day2::cli(&["renew", "--cluster", &robot]);
+    assert_eq!(code, 0, "{out}{err}");
+    wait_for(Duration::from_secs(40), "the fleet renewed on request", || async {
+        let c = api.get(&robot).await.ok()?;
+        let asked = c.metadata.annotations.as_ref()?.get("regcred.dev/renew-requested-at")?.clone();
+        let served = c.status?.credential.renew_request_served == Some(asked);
+        let s = Api::<Secret>::namespaced(client.clone(), &nss[0]).get("pull").await.ok()?;
+        let rewritten = annotation_time(&s, "regcred.dev/issued-at") > annotation_time(&before, "regcred.dev/issued-at");
+        (served && rewritten).then_some(())
+    })
+    .await;
     // Our entry, then a hand-added one after it; the conflicting namespace gets no entry.
     wait_for(Duration::from_secs(30), "entries", || async {
         account(&client, &nss[0], "default").await.filter(|a| pull_secret_names(a) == ["pull"]).map(|_| ())
