@@ -11,22 +11,9 @@
 #   tests/bench/fleet.sh [N]
 # Not part of the test command: figures for a note, not assertions.
 set -euo pipefail
-root=$(cd "$(dirname "$0")/../.." && pwd)
 n=${1:-500}
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/regcred/target}
-(cd "$root" && cargo build --release --locked --quiet --bin regcred)
-bin="$CARGO_TARGET_DIR/release/regcred"
-cpbin=$("$root/tests/controlplane/build.sh")
-k="$cpbin/kubectl"
-
-dir=$(mktemp -d "${TMPDIR:-/tmp}/regcred-bench.XXXXXX")
-coproc CP { exec "$root/tests/controlplane/up.sh" --until-stdin-closes "$dir/cp"; }
-read -r _ kubeconfig <&"${CP[0]}"
-export KUBECONFIG=$kubeconfig
-op=""
-trap '[ -n "$op" ] && kill "$op" 2>/dev/null; eval "exec ${CP[1]}>&-"; wait' EXIT
-"$k" apply --server-side -f "$root/crds/" >/dev/null
-"$k" wait --for=condition=Established crd/clusterregistrycredentials.regcred.dev >/dev/null
+source "$(dirname "$0")/lib.sh"
+bench_setup
 "$k" create namespace regcred-system >/dev/null
 "$k" -n regcred-system create secret generic robot --from-literal=username=robot --from-literal=password=bench-pw >/dev/null
 for i in $(seq 1 "$n"); do

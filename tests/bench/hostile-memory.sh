@@ -9,33 +9,20 @@
 # Not part of the test command: numbers on a shared machine are figures for a
 # note, not assertions.
 set -euo pipefail
-root=$(cd "$(dirname "$0")/../.." && pwd)
 n=${1:-50}
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/regcred/target}
-(cd "$root" && cargo build --release --locked --quiet --bin regcred)
-bin="$CARGO_TARGET_DIR/release/regcred"
-cpbin=$("$root/tests/controlplane/build.sh")
+source "$(dirname "$0")/lib.sh"
+bench_setup
 peers=$("$root/tests/peers/install.sh")
 py=$(sed -n 's/^MOTO_PYTHON=//p' <<<"$peers")
 hostile=$(sed -n 's/^HOSTILE=//p' <<<"$peers")
-k="$cpbin/kubectl"
-
-dir=$(mktemp -d "${TMPDIR:-/tmp}/regcred-bench.XXXXXX")
-coproc CP { exec "$root/tests/controlplane/up.sh" --until-stdin-closes "$dir/cp"; }
-read -r _ kubeconfig <&"${CP[0]}"
-export KUBECONFIG=$kubeconfig
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 "$py" "$hostile" 127.0.0.1 "$port" 2>"$dir/hostile.log" &
-hs=$!
-op=""
-trap '[ -n "$op" ] && kill "$op" 2>/dev/null; kill "$hs" 2>/dev/null; eval "exec ${CP[1]}>&-"; wait' EXIT
-"$k" apply --server-side -f "$root/crds/" >/dev/null
-"$k" wait --for=condition=Established crd/registrycredentials.regcred.dev >/dev/null
+extra_pids=$!
 "$k" create namespace bench >/dev/null
 
 for cap in 65536 1048576; do
   "$k" -n bench delete registrycredentials --all >/dev/null
-  "$bin" run --watch-namespace bench --metrics-bind-address 127.0.0.1:0 --log-level warn \
+  "$bin" run --watch-namespace bench --metrics-bind-address 127.0.0.1:0 --log-level error \
     --max-response-bytes "$cap" --namespace-concurrency "$n" --concurrency "$n" &
   op=$!
   sleep 3

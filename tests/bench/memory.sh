@@ -8,23 +8,10 @@
 # Not part of the test command: numbers on a shared machine are figures for a
 # note, not assertions.
 set -euo pipefail
-root=$(cd "$(dirname "$0")/../.." && pwd)
 counts=("${@:-0 2000 8000}")
 read -r -a counts <<<"${counts[*]}"
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/regcred/target}
-(cd "$root" && cargo build --release --locked --quiet --bin regcred)
-bin="$CARGO_TARGET_DIR/release/regcred"
-cpbin=$("$root/tests/controlplane/build.sh")
-k="$cpbin/kubectl"
-
-dir=$(mktemp -d "${TMPDIR:-/tmp}/regcred-bench.XXXXXX")
-coproc CP { exec "$root/tests/controlplane/up.sh" --until-stdin-closes "$dir/cp"; }
-read -r _ kubeconfig <&"${CP[0]}"
-export KUBECONFIG=$kubeconfig
-op=""
-trap '[ -n "$op" ] && kill "$op" 2>/dev/null; eval "exec ${CP[1]}>&-"; wait' EXIT
-"$k" apply --server-side -f "$root/crds/" >/dev/null
-"$k" wait --for=condition=Established crd/registrycredentials.regcred.dev >/dev/null
+source "$(dirname "$0")/lib.sh"
+bench_setup
 "$k" create namespace bench >/dev/null
 "$k" -n bench create secret generic robot --from-literal=username=u --from-literal=password=p >/dev/null
 "$k" -n bench apply -f - >/dev/null <<'EOF'
