@@ -754,14 +754,15 @@ pub async fn mint(
 /// users, so make sure).
 pub(crate) fn redact(message: &str, minted: &source::Minted) -> String {
     use secrecy::ExposeSecret;
-    let mut out: String = message.chars().take(512).collect();
+    // Redact first, then cut: a cut could split a password and leave part of it.
+    let mut out = message.to_string();
     for e in &minted.entries {
         let p = e.password.expose_secret();
         if p.len() >= 4 {
             out = out.replace(p, "[redacted]");
         }
     }
-    out
+    out.chars().take(512).collect()
 }
 
 /// A failed attempt: the Secret stays as it is; status, Event and metrics say

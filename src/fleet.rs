@@ -114,7 +114,7 @@ async fn reconcile_inner(cached: &ClusterRegistryCredential, ctx: &FleetContext)
     if ccr.metadata.deletion_timestamp.is_some() {
         // Garbage collection takes the Secrets; the list entries are ours to remove.
         if has_finalizer(&ccr) {
-            let ours = namespaces_with_our_secret(ctx, &uid);
+            let ours = namespaces_with_our_secret(ctx, &uid, &home_name(&name));
             sync_accounts(ctx, &ccr, &secret_name, &BTreeSet::new(), &ours, false).await?;
             set_finalizer(&api, &ccr, false).await.map_err(kube_err("removing the finalizer"))?;
         }
@@ -242,7 +242,7 @@ async fn reconcile_inner(cached: &ClusterRegistryCredential, ctx: &FleetContext)
         }
     }
     // Namespaces that left the selection lose our Secret and entries (only ours).
-    let ours = namespaces_with_our_secret(ctx, &uid);
+    let ours = namespaces_with_our_secret(ctx, &uid, &home_name(&name));
     let leaving: BTreeSet<String> = ours.difference(&targets).cloned().collect();
     // Entries only where our Secret is: never point a ServiceAccount at a
     // Secret that failed or belongs to someone else.
@@ -330,12 +330,12 @@ async fn release_secret(ctx: &FleetContext, ccr: &ClusterRegistryCredential, uid
 }
 
 /// Namespaces where a Secret of this credential exists (from the cache).
-fn namespaces_with_our_secret(ctx: &FleetContext, uid: &str) -> BTreeSet<String> {
+fn namespaces_with_our_secret(ctx: &FleetContext, uid: &str, home: &str) -> BTreeSet<String> {
     ctx.owned
         .state()
         .iter()
         .filter(|m| m.metadata.labels.as_ref().and_then(|l| l.get(api::CLUSTER_CREDENTIAL_LABEL)).map(String::as_str) == Some(uid))
-        .filter(|m| m.metadata.namespace.as_deref() != Some(ctx.home_namespace.as_str()) || m.metadata.name.as_deref().is_some_and(|n| !n.starts_with("regcred-cluster-")))
+        .filter(|m| !(m.metadata.namespace.as_deref() == Some(ctx.home_namespace.as_str()) && m.metadata.name.as_deref() == Some(home)))
         .filter_map(|m| m.metadata.namespace.clone())
         .collect()
 }
