@@ -72,6 +72,13 @@ pub struct RunArgs {
     #[arg(long, env = "REGCRED_MINT_TIMEOUT_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=600))]
     pub mint_timeout_seconds: u32,
 
+    /// Allow credentials with `spec.restartStuckPods` to restart Pods of their
+    /// namespace stuck in ErrImagePull/ImagePullBackOff after a new credential
+    /// is written (controller-owned Pods are evicted, bare Pods get an Event).
+    /// Needs `list` on pods and `create` on pods/eviction.
+    #[arg(long, env = "REGCRED_RESTART_STUCK_PODS")]
+    pub restart_stuck_pods: bool,
+
     /// Largest response body read from a token endpoint or registry, in
     /// bytes; larger answers fail the mint.
     #[arg(long, env = "REGCRED_MAX_RESPONSE_BYTES", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(1024..=1048576))]

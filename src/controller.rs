@@ -53,6 +53,8 @@ pub struct Settings {
     /// The operator's own namespace: home of ClusterRegistryCredentials'
     /// Secrets and the default namespace of what their sources read.
     pub operator_namespace: String,
+    /// Credentials may ask for Pods stuck pulling to be restarted.
+    pub restart_stuck_pods: bool,
 }
 
 impl Settings {
@@ -74,6 +76,7 @@ impl Default for Settings {
             net: Default::default(),
             min_mint_interval: schedule::DEFAULT_MIN_MINT_INTERVAL,
             mint_timeout: Duration::from_secs(60),
+            restart_stuck_pods: false,
             operator_namespace: "default".into(),
         }
     }
@@ -577,6 +580,24 @@ async fn reconcile_inner(cached: &RegistryCredential, ctx: &Context) -> Result<A
         }
     }
     sync_accounts(ctx, cr, &ns).await?;
+    if ctx.settings.restart_stuck_pods && cr.spec.restart_stuck_pods == Some(true) {
+        // After the ServiceAccounts: a recreated Pod gets the Secret from its
+        // ServiceAccount at admission.
+        let outcome = crate::remediate::restart_stuck(ctx, &ns, &secret_name).await;
+        if !outcome.is_empty() {
+            for (result, n) in crate::metrics::POD_RESTART_RESULTS.iter().zip([outcome.evicted, outcome.blocked, outcome.notified, outcome.failed]) {
+                if n > 0 {
+                    let l = crate::metrics::PodRestartLabels { namespace: ns.clone(), name: name.clone(), result: result.to_string() };
+                    ctx.metrics.pod_restarts.get_or_create(&l).inc_by(u64::from(n));
+                }
+            }
+            st.restarted_pods = Some(i32::try_from(outcome.evicted).unwrap_or(i32::MAX));
+            status::patch(&crs, cr, &st).await.map_err(kube_err("writing status"))?;
+            let summary = outcome.summary(&secret_name);
+            info!(namespace = %ns, name = %name, "{summary}");
+            publish(ctx, cr, EventType::Normal, crate::remediate::RESTARTED_REASON, Some(summary)).await;
+        }
+    }
     Ok(Action::requeue(schedule::requeue_after((ctx.now)(), renewal.at)))
 }
 

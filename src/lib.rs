@@ -13,6 +13,7 @@ pub mod fleet;
 pub mod egress;
 pub mod http;
 pub mod metrics;
+pub mod remediate;
 pub mod schedule;
 pub mod secret;
 pub mod serviceaccounts;

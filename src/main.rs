@@ -124,6 +124,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         min_mint_interval: chrono::Duration::seconds(i64::from(args.min_mint_interval_seconds)),
         mint_timeout: std::time::Duration::from_secs(u64::from(args.mint_timeout_seconds)),
         operator_namespace: args.leader_election_namespace.clone(),
+        restart_stuck_pods: args.restart_stuck_pods,
     };
     // Stalled: work in flight and nothing finished for longer than any
     // reconcile may take.

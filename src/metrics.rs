@@ -30,6 +30,18 @@ pub struct RevocationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PodRestartLabels {
+    pub namespace: String,
+    pub name: String,
+    /// One of [`POD_RESTART_RESULTS`].
+    pub result: String,
+}
+
+/// `evicted`, `blocked` (by a PodDisruptionBudget), `notified` (a bare Pod
+/// got an Event) or `failed`.
+pub const POD_RESTART_RESULTS: [&str; 4] = ["evicted", "blocked", "notified", "failed"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabels {
     pub source: String,
 }
@@ -46,6 +58,7 @@ pub struct Metrics {
     pub failures: Family<FailureLabels, Counter>,
     pub mints: Family<SourceLabels, Counter>,
     pub revocations: Family<RevocationLabels, Counter>,
+    pub pod_restarts: Family<PodRestartLabels, Counter>,
     pub reconcile_duration: Histogram,
     pub leader: Gauge,
 }
@@ -61,6 +74,7 @@ impl Default for Metrics {
             failures: Family::default(),
             mints: Family::default(),
             revocations: Family::default(),
+            pod_restarts: Family::default(),
             reconcile_duration: Histogram::new([0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
             leader: Gauge::default(),
             registry: Registry::default(),
@@ -81,6 +95,11 @@ impl Default for Metrics {
         registry.register("mint_failures", "Failed attempts to mint, by reason", m.failures.clone());
         registry.register("mints", "Credentials minted, by source kind", m.mints.clone());
         registry.register("revocations", "Token revocations (RFC 7009), by result", m.revocations.clone());
+        registry.register(
+            "pod_restarts",
+            "Pods stuck pulling that regcred restarted after writing a new credential (restartStuckPods), by result",
+            m.pod_restarts.clone(),
+        );
         registry.register(
             "reconcile_duration_seconds",
             "Time spent in one reconcile",
@@ -114,6 +133,9 @@ impl Metrics {
         self.rotations.remove(&l);
         for result in ["revoked", "failed"] {
             self.revocations.remove(&RevocationLabels { namespace: namespace.into(), name: name.into(), result: result.into() });
+        }
+        for result in POD_RESTART_RESULTS {
+            self.pod_restarts.remove(&PodRestartLabels { namespace: namespace.into(), name: name.into(), result: result.into() });
         }
         for reason in crate::status::reason::FAILURES {
             self.failures.remove(&FailureLabels { namespace: namespace.into(), name: name.into(), reason: reason.to_string() });

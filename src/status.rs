@@ -84,6 +84,7 @@ pub fn rotated(
     s.not_after = not_after;
     s.renewal_time = Some(renewal);
     s.last_rotation_time = Some(now);
+    s.restarted_pods = None;
     s.failed_attempts = 0;
     s.last_failure_time = None;
     s.observed_generation = generation;

@@ -116,6 +116,18 @@ pub struct RegistryCredentialSpec {
     /// change: to switch formats, use a new `secretName`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<SecretOutput>,
+
+    /// After writing a new credential, restart this namespace's Pods that are
+    /// stuck in `ErrImagePull`/`ImagePullBackOff` and pull with the Secret
+    /// (named in their `imagePullSecrets` or listed by their ServiceAccount),
+    /// instead of leaving them to the kubelet's back-off (up to 5 minutes).
+    /// Pods with a controller (ReplicaSet, StatefulSet, Job...) are evicted
+    /// through the Eviction API, so PodDisruptionBudgets hold; bare Pods are
+    /// never deleted, they get an Event. At most once per Pod per rotation.
+    /// Takes effect only when the operator runs with `--restart-stuck-pods`
+    /// (chart value `restartStuckPods.enabled`). Default: false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_stuck_pods: Option<bool>,
 }
 
 /// The shape of the written Secret.
@@ -325,6 +337,10 @@ pub struct RegistryCredentialStatus {
     /// Secrets at the last attempt; a change means "mint again now".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_inputs: Option<String>,
+    /// Pods restarted (evicted) after the last rotation, when
+    /// `restartStuckPods` is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarted_pods: Option<i32>,
     /// The last `regcred.dev/renew-requested-at` value a mint was made for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renew_request_served: Option<String>,

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds etcd, kube-apiserver, kube-controller-manager and kubectl at the
-# versions pinned in go.mod, and Helm as pinned in helm/go.mod, into a cache
+# Builds etcd, kube-apiserver, kube-controller-manager, kubectl and the kubelet
+# (for the node harness, tests/node/up.sh) at the versions pinned in go.mod, and Helm as pinned in helm/go.mod, into a cache
 # outside the repository keyed by the hash of each go.mod/go.sum, so only the
 # first run is slow. Prints the bin directory (helm is linked into it).
 set -euo pipefail
@@ -8,7 +8,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 key=$(cat "$here/go.mod" "$here/go.sum" | sha256sum | cut -c1-16)
 cache=${REGCRED_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/regcred}
 bin="$cache/controlplane-$key/bin"
-tools=(etcd kube-apiserver kube-controller-manager kubectl)
+tools=(etcd kube-apiserver kube-controller-manager kubectl kubelet)
 have=1
 for t in "${tools[@]}"; do [ -x "$bin/$t" ] || have=0; done
 if [ "$have" = 0 ]; then
@@ -22,7 +22,7 @@ if [ "$have" = 0 ]; then
   ldv="$ldv -X k8s.io/component-base/version.gitMinor=$(echo "$kv" | cut -d. -f2)"
   ldv="$ldv -X k8s.io/component-base/version.gitTreeState=clean"
   go build -o "$bin.tmp/etcd" go.etcd.io/etcd/server/v3 >&2
-  for t in kube-apiserver kube-controller-manager kubectl; do
+  for t in kube-apiserver kube-controller-manager kubectl kubelet; do
     echo "building $t" >&2
     go build -ldflags "-s -w $ldv" -o "$bin.tmp/$t" "k8s.io/kubernetes/cmd/$t" >&2
   done

@@ -102,14 +102,15 @@ etcd --name regcred-test --data-dir "$dir/etcd" \
 pids+=($!)
 
 # --- kube-apiserver. The audit log records only TokenRequests (what the
-# tests count to show a refused web identity requested no token).
+# tests count to show a refused web identity requested no token) and Pod
+# evictions (to show regcred restarts Pods through the Eviction API).
 cat >"$dir/audit-policy.yaml" <<'EOF'
 apiVersion: audit.k8s.io/v1
 kind: Policy
 omitStages: ["RequestReceived"]
 rules:
   - level: Metadata
-    resources: [{group: "", resources: ["serviceaccounts/token"]}]
+    resources: [{group: "", resources: ["serviceaccounts/token", "pods/eviction"]}]
   - level: None
 EOF
 kube-apiserver \
@@ -136,6 +137,8 @@ done
 [ "$ready" = 1 ] || { log "kube-apiserver not ready after 120 s; see $dir/kube-apiserver.log"; exit 1; }
 
 # --- kube-controller-manager: garbage collector, namespace deletion, ServiceAccounts,
+# Deployments and ReplicaSets, PodDisruptionBudget status (the Eviction API
+# honours a budget only once computed), kube-root-ca.crt in every namespace,
 # ResourceQuota usage (admission enforces a quota only once its status is computed).
 kube-controller-manager \
   --kubeconfig "$dir/kcm.kubeconfig" \
@@ -143,7 +146,7 @@ kube-controller-manager \
   --bind-address 127.0.0.1 --secure-port "$kcm_port" \
   --leader-elect=false --use-service-account-credentials=false \
   --service-account-private-key-file "$pki/sa.key" --root-ca-file "$pki/ca.crt" \
-  --controllers garbagecollector,namespace,serviceaccount,serviceaccount-token,resourcequota \
+  --controllers garbagecollector,namespace,serviceaccount,serviceaccount-token,resourcequota,deployment,replicaset,disruption,root-ca-cert-publisher \
   >"$dir/kube-controller-manager.log" 2>&1 &
 pids+=($!)
 

@@ -16,10 +16,10 @@ use serde_json::{json, Value};
 
 use crate::support::*;
 
-const SUITE: &str = "regcred.dev/test-suite";
+pub(crate) const SUITE: &str = "regcred.dev/test-suite";
 
 /// Namespaces a test made, deleted together when dropped.
-struct Namespaces(Vec<String>);
+pub(crate) struct Namespaces(pub(crate) Vec<String>);
 
 impl Drop for Namespaces {
     fn drop(&mut self) {
@@ -36,7 +36,7 @@ impl Drop for Namespaces {
     }
 }
 
-async fn labelled_namespace(client: &Client, prefix: &str, labels: Value, made: &mut Namespaces) -> String {
+pub(crate) async fn labelled_namespace(client: &Client, prefix: &str, labels: Value, made: &mut Namespaces) -> String {
     let api: Api<Namespace> = Api::all(client.clone());
     let mut l = labels;
     l["regcred.dev/test"] = json!("true");
@@ -47,7 +47,7 @@ async fn labelled_namespace(client: &Client, prefix: &str, labels: Value, made: 
 }
 
 /// A cluster-wide operator for this test's objects, its own namespace as home.
-fn fleet_operator(home: &str, suite: &str, extra: &[&str], env: &[(&str, &str)]) -> Operator {
+pub(crate) fn fleet_operator(home: &str, suite: &str, extra: &[&str], env: &[(&str, &str)]) -> Operator {
     let selector = format!("{SUITE}={suite}");
     let mut args = vec!["--selector", &selector];
     args.extend_from_slice(extra);
@@ -57,11 +57,11 @@ fn fleet_operator(home: &str, suite: &str, extra: &[&str], env: &[(&str, &str)])
 }
 
 /// Cluster-scoped names are shared by every test in the run: make them unique.
-fn unique(name: &str) -> String {
+pub(crate) fn unique(name: &str) -> String {
     format!("{name}-{}", std::process::id())
 }
 
-async fn create_cluster_credential(client: &Client, name: &str, suite: &str, spec: Value) -> Result<(), kube::Error> {
+pub(crate) async fn create_cluster_credential(client: &Client, name: &str, suite: &str, spec: Value) -> Result<(), kube::Error> {
     let ccr: ClusterRegistryCredential = serde_json::from_value(json!({
         "apiVersion": "regcred.dev/v1alpha1", "kind": "ClusterRegistryCredential",
         "metadata": {"name": name, "labels": {SUITE: suite}}, "spec": spec,
@@ -71,7 +71,7 @@ async fn create_cluster_credential(client: &Client, name: &str, suite: &str, spe
 }
 
 /// Wait until the status says `synced` namespaces hold the credential and `failed` failed.
-async fn wait_synced(client: &Client, name: &str, synced: i32, failed: i32, timeout: Duration) -> ClusterRegistryCredential {
+pub(crate) async fn wait_synced(client: &Client, name: &str, synced: i32, failed: i32, timeout: Duration) -> ClusterRegistryCredential {
     let api: Api<ClusterRegistryCredential> = Api::all(client.clone());
     wait_for(timeout, &format!("{name}: {synced} synced, {failed} failed"), || async {
         let c = api.get(name).await.ok()?;

@@ -107,13 +107,7 @@ async fn sample(client: Client, ns: String, server: Arc<OAuth2Server>, s: Arc<Sa
 /// TokenRequests the API server's audit log recorded in a namespace (None
 /// on a cluster of yours, where there is no such log).
 fn token_requests(ns: &str) -> Option<usize> {
-    let dir = control_plane().kubeconfig.parent()?.to_path_buf();
-    let log = std::fs::read_to_string(dir.join("audit.log")).ok()?;
-    Some(
-        log.lines()
-            .filter(|l| l.contains(r#""subresource":"token""#) && l.contains(&format!(r#""namespace":"{ns}""#)))
-            .count(),
-    )
+    audit_entries(ns, "token").map(|e| e.len())
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@ mod ecr;
 mod fleet;
 mod hostile;
 mod local;
+mod pods;
 mod rotation;
 mod ship;
 mod support;

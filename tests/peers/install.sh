@@ -2,12 +2,16 @@
 # Installs the real peers the integration tests start on 127.0.0.1, into a
 # cache outside the repository (keyed by the pinned versions), and prints
 # their locations as NAME=path lines:
-#   Debian: docker-registry (distribution), skopeo, htpasswd, openssl
+#   Debian: docker-registry (distribution), skopeo, htpasswd, openssl; for the
+#           node harness (tests/node/up.sh): containerd, runc, the CNI
+#           loopback plugin and a static busybox (the test images' only binary)
 #   Go module proxy: distribution's contrib/token-server (tokenserver/go.mod)
 #   npm: oidc-provider (oauth2/package-lock.json)
 #   PyPI: moto[server] (requirements.txt; its venv also runs mkcerts.py,
 #         which needs the `cryptography` package moto brings)
 #   here: hostile.py, the tests' own hostile token endpoint (stdlib only)
+#         realm.py, a registry token realm accepting OAuth2 tokens and short-lived
+#         passwords (runs in moto's venv, for `cryptography`)
 # Idempotent: a warm run only checks and prints.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -21,7 +25,8 @@ hash_of() { cat "$@" | sha256sum | cut -c1-16; }
 # record (config-files) that `dpkg -s` still accepts.
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 missing=()
-for p in docker-registry skopeo apache2-utils openssl ca-certificates; do
+for p in docker-registry skopeo apache2-utils openssl ca-certificates \
+  containerd runc containernetworking-plugins busybox-static; do
   installed "$p" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -68,3 +73,6 @@ echo "MOTO_PYTHON=$venv/bin/python"
 echo "MOTO_ECR=$here/moto_ecr.py"
 echo "HOSTILE=$here/hostile.py"
 echo "MKCERTS=$here/mkcerts.py"
+echo "BUSYBOX=/bin/busybox"
+echo "MKOCI=$here/../node/mkoci.py"
+echo "REALM=$here/realm.py"

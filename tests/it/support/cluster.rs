@@ -95,6 +95,16 @@ impl ControlPlane {
     }
 }
 
+/// The audit log's entries (JSON lines) for a subresource (`token`,
+/// `eviction`) in a namespace; None on a cluster of yours, where the tests
+/// have no audit log (tests/controlplane/up.sh writes one).
+pub fn audit_entries(ns: &str, subresource: &str) -> Option<Vec<String>> {
+    let dir = control_plane().kubeconfig.parent()?.to_path_buf();
+    let log = std::fs::read_to_string(dir.join("audit.log")).ok()?;
+    let (sub, namespace) = (format!(r#""subresource":"{subresource}""#), format!(r#""namespace":"{ns}""#));
+    Some(log.lines().filter(|l| l.contains(&sub) && l.contains(&namespace)).map(String::from).collect())
+}
+
 /// A namespace of its own for one test, deleted when dropped.
 pub struct TestNamespace {
     pub name: String,

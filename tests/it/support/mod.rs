@@ -2,11 +2,13 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod node;
 pub mod objects;
 pub mod operator;
 pub mod peers;
 
 pub use cluster::*;
+pub use node::*;
 pub use objects::*;
 pub use operator::Operator;
 pub use peers::*;

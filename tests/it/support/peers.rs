@@ -146,6 +146,25 @@ fn htpasswd_file(path: &Path, users: &[(&str, &str)]) {
     std::fs::write(path, out).unwrap();
 }
 
+/// An EC key and a self-signed certificate for signing registry tokens.
+fn signing_cert(key: &Path, crt: &Path) {
+    let ok = Command::new("openssl")
+        .args(["ecparam", "-genkey", "-name", "prime256v1", "-noout", "-out"])
+        .arg(key)
+        .status()
+        .unwrap()
+        .success()
+        && Command::new("openssl")
+            .args(["req", "-x509", "-new", "-days", "2", "-subj", "/CN=regcred-test-token", "-key"])
+            .arg(key)
+            .arg("-out")
+            .arg(crt)
+            .status()
+            .unwrap()
+            .success();
+    assert!(ok, "openssl failed");
+}
+
 /// A running docker-registry.
 pub struct Registry {
     pub host: String,
@@ -191,21 +210,7 @@ impl Registry {
         htpasswd_file(&dir.join("htpasswd"), users);
         let key = dir.join("ts.key");
         let crt = dir.join("ts.crt");
-        let ok = Command::new("openssl")
-            .args(["ecparam", "-genkey", "-name", "prime256v1", "-noout", "-out"])
-            .arg(&key)
-            .status()
-            .unwrap()
-            .success()
-            && Command::new("openssl")
-                .args(["req", "-x509", "-new", "-days", "2", "-subj", "/CN=regcred-test-token", "-key"])
-                .arg(&key)
-                .arg("-out")
-                .arg(&crt)
-                .status()
-                .unwrap()
-                .success();
-        assert!(ok, "openssl failed");
+        signing_cert(&key, &crt);
         let ts_port = free_port();
         let scheme = if certs.is_some() { "https" } else { "http" };
         let realm = format!("{scheme}://127.0.0.1:{ts_port}/token/");
@@ -225,6 +230,48 @@ impl Registry {
             crt.display()
         );
         Self::start(dir, auth, vec![ts], Some(realm), certs).await
+    }
+
+    /// A registry with token authentication whose realm is tests/peers/realm.py:
+    /// it grants pulls to OAuth2 access tokens `oauth2` calls active and to
+    /// the short-lived passwords it mints at `<realm origin>/credential` for
+    /// `robot` (lifetime `ttl` seconds), and pushes to `pusher`.
+    pub async fn realm(oauth2: Option<&OAuth2Server>, robot: (&str, &str), ttl: u64, pusher: (&str, &str)) -> Self {
+        let dir = TempDir::new("registry");
+        let (key, crt) = (dir.join("realm.key"), dir.join("realm.crt"));
+        signing_cert(&key, &crt);
+        let port = free_port();
+        let realm = format!("http://127.0.0.1:{port}/token");
+        let mut cmd = Command::new(peers().path("MOTO_PYTHON"));
+        cmd.arg(peers().path("REALM"))
+            .env("PORT", port.to_string())
+            .env("KEY", &key)
+            .env("CERT", &crt)
+            .env("ISSUER", "regcred-test-issuer")
+            .env("SERVICE", "regcred-test-registry")
+            .env("ROBOT_USER", robot.0)
+            .env("ROBOT_PASSWORD", robot.1)
+            .env("CREDENTIAL_TTL", ttl.to_string())
+            .env("PUSH_USER", pusher.0)
+            .env("PUSH_PASSWORD", pusher.1);
+        if let Some(o) = oauth2 {
+            cmd.env("INTROSPECT_URL", format!("{}/token/introspection", o.base()))
+                .env("CLIENT_ID", "regcred-basic")
+                .env("CLIENT_SECRET", &o.secret);
+        }
+        let proc = Proc::spawn(cmd, dir.join("realm.log"));
+        wait_port(port).await;
+        let auth = format!(
+            "token: {{realm: \"{realm}\", service: regcred-test-registry, issuer: regcred-test-issuer, rootcertbundle: {}}}",
+            crt.display()
+        );
+        Self::start(dir, auth, vec![proc], Some(realm), None).await
+    }
+
+    /// The realm's `/credential` endpoint (see [`Registry::realm`]).
+    pub fn credential_url(&self) -> String {
+        let realm = self.token_server.as_deref().expect("a token-auth registry");
+        format!("{}/credential", realm.trim_end_matches("/token"))
     }
 
     async fn start(dir: TempDir, auth: String, mut procs: Vec<Proc>, token_server: Option<String>, certs: Option<&TestCerts>) -> Self {
@@ -250,10 +297,30 @@ impl Registry {
         Self { host: format!("127.0.0.1:{port}"), token_server, cert_dir, dir, _procs: procs }
     }
 
-    /// Push a tiny OCI image (one empty layer) as `repo:tag` with skopeo.
+    /// Push a tiny OCI image (one empty layer) as `repo:1` with skopeo.
     pub fn push_test_image(&self, repo: &str, user: &str, password: &str) -> String {
         let layout = self.dir.join(&format!("oci-{}", repo.replace('/', "-")));
         write_oci_layout(&layout);
+        self.push_layout(&layout, repo, user, password)
+    }
+
+    /// Push an image a Pod can run as `repo:1`: a static busybox whose
+    /// entrypoint prints `started` and sleeps (tests/node/mkoci.py).
+    pub fn push_app_image(&self, repo: &str, user: &str, password: &str) -> String {
+        let layout = self.dir.join(&format!("app-{}", repo.replace('/', "-")));
+        let out = Command::new("python3")
+            .arg(peers().path("MKOCI"))
+            .arg(&layout)
+            .arg("1")
+            .arg(peers().path("BUSYBOX"))
+            .args(["--", "/bin/busybox", "sh", "-c", "echo started; exec sleep 3600"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mkoci.py failed: {}", String::from_utf8_lossy(&out.stderr));
+        self.push_layout(&layout, repo, user, password)
+    }
+
+    fn push_layout(&self, layout: &Path, repo: &str, user: &str, password: &str) -> String {
         let dest = format!("docker://{}/{repo}:1", self.host);
         let mut cmd = Command::new(peers().path("SKOPEO"));
         match &self.cert_dir {
@@ -403,7 +470,7 @@ impl OAuth2Server {
         s
     }
 
-    fn base(&self) -> String {
+    pub fn base(&self) -> String {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         format!("{scheme}://127.0.0.1:{}", self.port)
     }
