@@ -9,12 +9,27 @@
 #   deploy/local/up.sh           # shows `kubectl get regcred -w` until Ctrl-C
 #   deploy/local/up.sh --check   # exits 0 once the example has rotated twice
 #
+# With --node (opt-in: needs root, and the kubelet touches cgroups, mounts and
+# sysctls, all undone on exit; see tests/node/up.sh) it also starts a node
+# (containerd + kubelet) and a registry whose token realm accepts only OAuth2
+# tokens that are active right now, so the example's Secret is what Pods pull
+# with: Pod demo/app runs with it, and after two rotations (the first token
+# expired) Pod demo/app-rotated does too. `--check --node` asserts both.
+#
 # The first run builds the control plane from the Go module proxy (~10 min on
 # 2 cores) and the operator; later runs start in seconds. Everything stops on
 # exit. Set REGCRED_BIN to use an already built binary.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
-mode=${1:-watch}
+mode=watch
+with_node=0
+for a in "$@"; do
+  case $a in
+    --check) mode=--check ;;
+    --node) with_node=1 ;;
+    *) echo "usage: deploy/local/up.sh [--check] [--node]" >&2; exit 2 ;;
+  esac
+done
 log() { echo "up: $*" >&2; }
 
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/regcred/target}
@@ -27,6 +42,7 @@ fi
 cpbin=$("$root/tests/controlplane/build.sh")
 peers=$("$root/tests/peers/install.sh")
 oauth2=$(sed -n 's/^OAUTH2_SERVER=//p' <<<"$peers")
+peer() { sed -n "s/^$1=//p" <<<"$peers"; }
 kubectl="$cpbin/kubectl"
 
 dir=$(mktemp -d "${TMPDIR:-/tmp}/regcred-local.XXXXXX")
@@ -35,6 +51,10 @@ cleanup() {
   trap - EXIT INT TERM
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  # Then the node (the operator, started after it, held its stdin open too),
+  # before the control plane: it deletes its Pods through the API.
+  [ -n "${node_fd:-}" ] && eval "exec $node_fd>&-"
+  [ -n "${node_pid:-}" ] && wait "$node_pid" 2>/dev/null || true
   # Closing its stdin stops the control plane.
   [ -n "${cp_fd:-}" ] && eval "exec $cp_fd>&-"
   [ -n "${cp_pid:-}" ] && wait "$cp_pid" 2>/dev/null || true
@@ -62,6 +82,75 @@ secret=$(openssl rand -hex 24)
 pids+=($!)
 for _ in $(seq 1 50); do grep -q LISTENING "$dir/oauth2.log" && break; sleep 0.2; done
 log "OAuth2 token endpoint on http://127.0.0.1:$port/token (30 s tokens)"
+registry=registry.example.com
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+if [ "$with_node" = 1 ]; then
+  # --- a registry that accepts the example's OAuth2 tokens while they are active
+  mkdir -p "$dir/registry"
+  openssl ecparam -genkey -name prime256v1 -noout -out "$dir/registry/realm.key" 2>/dev/null
+  openssl req -x509 -new -days 2 -subj /CN=regcred-local-realm -key "$dir/registry/realm.key" -out "$dir/registry/realm.crt" 2>/dev/null
+  realm_port=$(free_port); reg_port=$(free_port); push_pw=$(openssl rand -hex 16)
+  PORT=$realm_port KEY="$dir/registry/realm.key" CERT="$dir/registry/realm.crt" ISSUER=regcred-local SERVICE=regcred-local \
+    INTROSPECT_URL="http://127.0.0.1:$port/token/introspection" CLIENT_ID=regcred-basic CLIENT_SECRET="$secret" \
+    PUSH_USER=pusher PUSH_PASSWORD="$push_pw" "$(peer MOTO_PYTHON)" "$(peer REALM)" >"$dir/realm.log" 2>&1 &
+  pids+=($!)
+  cat >"$dir/registry/config.yml" <<EOF
+version: 0.1
+log: {level: warn}
+storage: {filesystem: {rootdirectory: $dir/registry/data}}
+http: {addr: "127.0.0.1:$reg_port", secret: regcred-local}
+auth:
+  token: {realm: "http://127.0.0.1:$realm_port/token", service: regcred-local, issuer: regcred-local, rootcertbundle: $dir/registry/realm.crt}
+EOF
+  "$(peer REGISTRY)" serve "$dir/registry/config.yml" >"$dir/registry.log" 2>&1 &
+  pids+=($!)
+  registry=127.0.0.1:$reg_port
+  for _ in $(seq 1 50); do
+    grep -q LISTENING "$dir/realm.log" && (echo >"/dev/tcp/127.0.0.1/$reg_port") 2>/dev/null && break
+    sleep 0.2
+  done
+  python3 "$(peer MKOCI)" "$dir/image" 1 "$(peer BUSYBOX)" -- /bin/busybox sh -c 'echo started; exec sleep 3600'
+  "$(peer SKOPEO)" copy -q --dest-tls-verify=false --dest-creds "pusher:$push_pw" "oci:$dir/image:1" "docker://$registry/app:1" >&2
+  log "registry on http://$registry (its token realm accepts active OAuth2 tokens), image $registry/app:1"
+  # --- the node, alive as long as this script holds its stdin open
+  # (bash runs one coproc at a time: a FIFO holds this one's stdin)
+  mkfifo "$dir/node.in"
+  "$root/tests/node/up.sh" --until-stdin-closes "$dir/cp" "$dir/node" <"$dir/node.in" >"$dir/node.out" &
+  node_pid=$!
+  exec {node_fd}>"$dir/node.in"
+  node_name=
+  for _ in $(seq 1 600); do
+    read -r ready node_name _ <"$dir/node.out" 2>/dev/null && [ "$ready" = READY ] && break
+    kill -0 "$node_pid" 2>/dev/null || { log "the node did not start"; exit 1; }
+    node_name=; sleep 0.5
+  done
+  [ -n "$node_name" ] || { log "the node did not start in 300 s"; exit 1; }
+  mkdir -p "$dir/node/containerd/certs.d/$registry"
+  printf 'server = "http://%s"\n[host."http://%s"]\n  capabilities = ["pull", "resolve"]\n' "$registry" "$registry" \
+    >"$dir/node/containerd/certs.d/$registry/hosts.toml"
+  log "node $node_name Ready (logs in $dir/node)"
+fi
+pod() { # name: a Pod on the node pulling with the example's Secret
+  "$kubectl" -n demo apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Pod
+metadata: {name: $1}
+spec:
+  nodeName: $node_name
+  hostNetwork: true
+  terminationGracePeriodSeconds: 1
+  imagePullSecrets: [{name: example}]
+  containers: [{name: app, image: "$registry/app:1", imagePullPolicy: Always}]
+EOF
+}
+wait_running() { # name
+  for _ in $(seq 1 120); do
+    [ "$("$kubectl" -n demo get pod "$1" -o jsonpath='{.status.phase}' 2>/dev/null)" = Running ] && return 0
+    sleep 0.5
+  done
+  "$kubectl" -n demo describe pod "$1" >&2
+  return 1
+}
 
 # --- the operator
 "$bin" run --log-level info --metrics-bind-address 127.0.0.1:0 >"$dir/operator.log" 2>&1 &
@@ -84,9 +173,15 @@ spec:
       allowInsecureHTTP: true  # a local endpoint; real ones use https
       clientSecretRef: {name: oauth2-client}
       scopes: [registry:pull]
-      registries: [registry.example.com]
+      registries: [$registry]
 EOF
 log "applied RegistryCredential demo/example; its Secret demo/example is renewed before each 30 s token expires"
+if [ "$with_node" = 1 ]; then
+  "$kubectl" -n demo wait --for=condition=Ready regcred/example --timeout=60s >/dev/null
+  pod app
+  wait_running app || { log "Pod demo/app did not start"; exit 1; }
+  log "Pod demo/app Running, pulled with Secret demo/example"
+fi
 
 if [ "$mode" = --check ]; then
   seen=()
@@ -99,6 +194,14 @@ if [ "$mode" = --check ]; then
     if [ ${#seen[@]} -ge 3 ]; then
       "$kubectl" -n demo get regcred example
       "$kubectl" -n demo get events --field-selector involvedObject.name=example
+      if [ "$with_node" = 1 ]; then
+        # The first token has expired: the registry refuses it; the Secret's
+        # current one pulls.
+        pod app-rotated
+        wait_running app-rotated || { log "Pod demo/app-rotated did not start"; exit 1; }
+        "$kubectl" -n demo get pods -o wide
+        log "Pod demo/app-rotated Running with the rotated Secret: OK"
+      fi
       log "rotated twice: OK"
       exit 0
     fi
@@ -107,4 +210,5 @@ if [ "$mode" = --check ]; then
   log "no two rotations in 150 s"; tail -n 20 "$dir/operator.log" >&2
   exit 1
 fi
+[ "$with_node" = 1 ] && "$kubectl" -n demo get pods -o wide
 "$kubectl" -n demo get regcred -o wide -w

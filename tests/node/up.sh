@@ -63,6 +63,8 @@ shim_before=$(ls /run/containerd/s 2>/dev/null | sort || true)
 pids=()
 cleanup() {
   trap - EXIT INT TERM
+  # Whoever reads our stderr may be gone (a killed pipeline): tear down anyway.
+  trap '' PIPE
   set +e
   log "tearing down"
   # Pods first, while the kubelet runs, so it stops their sandboxes itself.
@@ -86,6 +88,10 @@ cleanup() {
     find "$h/kubepods" -name cgroup.procs -exec cat {} + 2>/dev/null | xargs -r kill -9 2>/dev/null
   done
   pkill -9 -f "containerd-shim-runc-v2 .*-address $dir/" 2>/dev/null
+  # Any container process left (its root is a rootfs under DIR).
+  for p in /proc/[0-9]*; do
+    case $(readlink "$p/root" 2>/dev/null) in "$dir"/*) kill -9 "${p#/proc/}" 2>/dev/null ;; esac
+  done
   sleep 0.3
   # Mounts under DIR, deepest first (the kubelet bind-mounts its root dir onto itself).
   for _ in 1 2 3; do
