@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -130,6 +131,10 @@ impl Drop for InFlight {
     }
 }
 
+/// How long a reconcile waits for a slot of its namespace before it is
+/// requeued (1–2 s later).
+const NAMESPACE_SLOT_WAIT: Duration = Duration::from_millis(250);
+
 /// A share of the concurrency per namespace: a namespace whose endpoints
 /// hang holds at most its share of the reconcile slots.
 struct NamespaceLimits {
@@ -138,7 +143,10 @@ struct NamespaceLimits {
 }
 
 impl NamespaceLimits {
-    fn try_acquire(&self, namespace: &str) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    /// A slot of this namespace, waiting at most `wait` for one: a burst of
+    /// quick reconciles in one namespace flows through, while a namespace
+    /// whose reconciles hang sends the rest away after `wait`.
+    async fn acquire(&self, namespace: &str, wait: Duration) -> Option<tokio::sync::OwnedSemaphorePermit> {
         let sem = {
             let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
             if slots.len() > 1024 {
@@ -148,7 +156,10 @@ impl NamespaceLimits {
             }
             slots.entry(namespace.to_string()).or_insert_with(|| Arc::new(Semaphore::new(self.per_namespace))).clone()
         };
-        sem.try_acquire_owned().ok()
+        match sem.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => tokio::time::timeout(wait, sem.acquire_owned()).await.ok()?.ok(),
+        }
     }
 }
 
@@ -221,6 +232,12 @@ pub struct Context {
     pub settings: Settings,
     pub progress: Arc<Progress>,
     limits: NamespaceLimits,
+    /// Our own writes, to serve reads from the watch caches safely.
+    pub memo: crate::memo::Memo,
+    /// Versions of our Secrets, from their watch.
+    pub owned_versions: crate::memo::Versions,
+    /// Versions of the Secrets sources read, from their watch.
+    pub source_versions: crate::memo::Versions,
 }
 
 impl Context {
@@ -235,6 +252,9 @@ impl Context {
             limits: NamespaceLimits { per_namespace: usize::from(settings.namespace_concurrency.max(1)), slots: Mutex::new(HashMap::new()) },
             settings: settings.clone(),
             progress,
+            memo: Default::default(),
+            owned_versions: Default::default(),
+            source_versions: Default::default(),
         }
     }
 }
@@ -301,16 +321,37 @@ pub(crate) fn policy(renewal: &api::Renewal, source: &api::CredentialSource, min
 
 /// Fingerprint of what a mint depends on: the spec generation and the
 /// resourceVersion of each referenced Secret (metadata only; no data read).
-pub(crate) async fn inputs(generation: Option<i64>, source_spec: &api::CredentialSource, secrets: &Api<Secret>) -> Result<String, Error> {
+/// Versions the Secret watch has seen (`known`) are used as they are; others
+/// are read once and remembered.
+pub(crate) async fn inputs(
+    generation: Option<i64>,
+    source_spec: &api::CredentialSource,
+    secrets: &Api<Secret>,
+    known: Option<&crate::memo::Versions>,
+) -> Result<String, Error> {
     let generation = generation.unwrap_or(0);
     let mut parts = vec![format!("g{generation}")];
+    let ns = secrets.namespace().unwrap_or_default().to_string();
     for name in source::referenced_secrets(source_spec) {
-        let rv = secrets
-            .get_metadata_opt(&name)
-            .await
-            .map_err(kube_err("reading referenced Secret metadata"))?
-            .and_then(|m| m.metadata.resource_version)
-            .unwrap_or_else(|| "missing".into());
+        let seen = known.and_then(|k| k.get(&ns, &name));
+        let rv = match seen {
+            Some(crate::memo::Seen::At(rv)) => rv,
+            _ => {
+                let rv = secrets
+                    .get_metadata_opt(&name)
+                    .await
+                    .map_err(kube_err("reading referenced Secret metadata"))?
+                    .and_then(|m| m.metadata.resource_version);
+                match (rv, known) {
+                    (Some(rv), Some(k)) => {
+                        k.observe(&ns, &name, &rv);
+                        rv
+                    }
+                    (Some(rv), None) => rv,
+                    (None, _) => "missing".into(),
+                }
+            }
+        };
         parts.push(format!("{name}@{rv}"));
     }
     Ok(format!("g{generation}-{:016x}", schedule::seed(&parts.join(","))))
@@ -364,9 +405,9 @@ pub async fn contain_panic<F: std::future::Future>(f: F) -> Result<F::Output, St
 
 pub async fn reconcile(cr: Arc<RegistryCredential>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = cr.namespace().unwrap_or_default();
-    // A namespace gets its share of the slots and no more; waiting for one
-    // here would hold a global slot, so come back shortly instead.
-    let Some(_slot) = ctx.limits.try_acquire(&ns) else {
+    // A namespace gets its share of the slots and no more; waiting long for
+    // one here would hold a global slot, so after a short wait come back later.
+    let Some(_slot) = ctx.limits.acquire(&ns, NAMESPACE_SLOT_WAIT).await else {
         let jitter = schedule::seed(&cr.name_any()) % 1000;
         return Ok(Action::requeue(Duration::from_millis(1000 + jitter)));
     };
@@ -418,13 +459,20 @@ async fn reconcile_inner(cached: &RegistryCredential, ctx: &Context) -> Result<A
     let name = cached.name_any();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let crs: Api<RegistryCredential> = Api::namespaced(ctx.client.clone(), &ns);
-    // gather: the credential itself from the API server, not the cache. The
-    // cache can lag our own status write (a reconcile triggered by the Secret
-    // we just wrote would see the old status and mint a second time).
-    let Some(fresh) = crs.get_opt(&name).await.map_err(kube_err("reading the RegistryCredential"))? else {
-        return Ok(Action::await_change());
+    // gather: the cached credential unless it may be older than our own last
+    // status write (a reconcile that saw the old status would mint a second
+    // time); then, and once for credentials from the initial list, read it.
+    let fresh;
+    let cr: &RegistryCredential = if ctx.memo.cache_usable(&ns, &name, cached.metadata.resource_version.as_deref()) {
+        cached
+    } else {
+        let Some(f) = crs.get_opt(&name).await.map_err(kube_err("reading the RegistryCredential"))? else {
+            return Ok(Action::await_change());
+        };
+        ctx.memo.read(&ns, &name);
+        fresh = f;
+        &fresh
     };
-    let cr = &fresh;
     let wants_accounts = cr.spec.service_accounts.is_some();
     let revocation = cr.spec.source.oauth2.as_ref().and_then(|o| o.revoke.clone()).unwrap_or_default();
     let needs_finalizer = wants_accounts || revocation.on_delete == Some(true);
@@ -462,9 +510,28 @@ async fn reconcile_inner(cached: &RegistryCredential, ctx: &Context) -> Result<A
     ctx.metrics.seen(&labels);
     let min_interval = ctx.settings.min_mint_interval;
 
-    let existing = secrets.get_opt(&secret_name).await.map_err(kube_err("reading the target Secret"))?;
-    let state = secret_state(existing.as_ref(), |s| secret::is_ours(s, cr));
-    let desired_inputs = inputs(cr.metadata.generation, &cr.spec.source, &secrets).await?;
+    // The Secret as we last wrote it while the watch has seen no other
+    // version; else (and when the replaced token must be revoked) read it.
+    let known = if revocation.on_rotation == Some(true) {
+        None
+    } else {
+        ctx.memo.secret(&ns, &name, &secret_name, ctx.owned_versions.get(&ns, &secret_name))
+    };
+    let (state, existing, existing_meta) = match known {
+        Some((rv, state)) => (state, None, Some(ObjectMeta { resource_version: Some(rv), ..Default::default() })),
+        // A credential whose Secret our watch has never seen (a new one):
+        // create it without reading first. A Secret that is there after all
+        // (not ours, or not yet seen) fails the create with a conflict, and
+        // the next attempt reads it.
+        None if revocation.on_rotation != Some(true) && ctx.owned_versions.never_seen(&ns, &secret_name) => (SecretState::Missing, None, None),
+        None => {
+            let existing = secrets.get_opt(&secret_name).await.map_err(kube_err("reading the target Secret"))?;
+            let state = secret_state(existing.as_ref(), |s| secret::is_ours(s, cr));
+            let meta = existing.as_ref().map(|s| s.metadata.clone());
+            (state, existing, meta)
+        }
+    };
+    let desired_inputs = inputs(cr.metadata.generation, &cr.spec.source, &secrets, Some(&ctx.source_versions)).await?;
     let renew_request = api::pending_renew_request(&cr.metadata, cr.status.as_ref());
     let observed = observed(state.clone(), desired_inputs.clone(), &prev, renew_request.as_ref(), min_interval, seed);
 
@@ -473,7 +540,7 @@ async fn reconcile_inner(cached: &RegistryCredential, ctx: &Context) -> Result<A
         Decision::Blocked => {
             let was = cr.ready().map(|c| c.reason.as_str()) == Some(reason::SECRET_CONFLICT);
             let st = status::conflict(&prev, generation, &secret_name, now);
-            status::patch(&crs, cr, &st).await.map_err(kube_err("writing status"))?;
+            write_status(ctx, &crs, cr, &st).await?;
             ctx.metrics.ready.get_or_create(&labels).set(0);
             if !was {
                 let note = st.conditions.iter().find(|c| c.type_ == api::READY).map(|c| c.message.clone());
@@ -525,9 +592,18 @@ async fn reconcile_inner(cached: &RegistryCredential, ctx: &Context) -> Result<A
             return fail(ctx, cr, &crs, &prev, &desired_inputs, &labels, r, e.to_string(), current_not_after, now).await;
         }
     };
-    match secret::write(&secrets, existing.as_ref(), desired).await {
-        Ok(_) => {}
-        Err(WriteError::Conflict | WriteError::Stale) => return Ok(Action::requeue(Duration::from_secs(1))),
+    match secret::write_over(&secrets, existing_meta.as_ref(), desired).await {
+        Ok(written) => {
+            let state = secret_state(Some(&written), |s| secret::is_ours(s, cr));
+            ctx.memo.secret_written(&ns, &name, &secret_name, written.metadata.resource_version.clone(), state);
+        }
+        Err(WriteError::Conflict | WriteError::Stale) => {
+            // What we thought of the Secret was wrong: read it next time
+            // (the marker is replaced by the watch's next sight of it).
+            ctx.memo.secret_written(&ns, &name, &secret_name, None, SecretState::Missing);
+            ctx.owned_versions.deleted(&ns, &secret_name);
+            return Ok(Action::requeue(Duration::from_secs(1)));
+        }
         Err(e @ WriteError::Rejected { .. }) => {
             // The API server refused what we wrote (an admission policy, a
             // quota, a forbidden namespace): a failure like a failed mint.
@@ -549,7 +625,7 @@ async fn reconcile_inner(cached: &RegistryCredential, ctx: &Context) -> Result<A
     });
     let was_short = prev.conditions.iter().any(|c| c.type_ == status::SHORT_LIVED && c.status == "True");
     status::set_short_lived(&mut st, short.clone(), now);
-    status::patch(&crs, cr, &st).await.map_err(kube_err("writing status"))?;
+    write_status(ctx, &crs, cr, &st).await?;
     ctx.metrics.rotations.get_or_create(&labels).inc();
     ctx.metrics.ready.get_or_create(&labels).set(1);
     if let Some(na) = minted.expires_at {
@@ -592,13 +668,20 @@ async fn reconcile_inner(cached: &RegistryCredential, ctx: &Context) -> Result<A
                 }
             }
             st.restarted_pods = Some(i32::try_from(outcome.evicted).unwrap_or(i32::MAX));
-            status::patch(&crs, cr, &st).await.map_err(kube_err("writing status"))?;
+            write_status(ctx, &crs, cr, &st).await?;
             let summary = outcome.summary(&secret_name);
             info!(namespace = %ns, name = %name, "{summary}");
             publish(ctx, cr, EventType::Normal, crate::remediate::RESTARTED_REASON, Some(summary)).await;
         }
     }
     Ok(Action::requeue(schedule::requeue_after((ctx.now)(), renewal.at)))
+}
+
+/// Apply the status and remember the version it produced (see [`crate::memo`]).
+async fn write_status(ctx: &Context, crs: &Api<RegistryCredential>, cr: &RegistryCredential, st: &api::RegistryCredentialStatus) -> Result<(), Error> {
+    let rv = status::patch(crs, cr, st).await.map_err(kube_err("writing status"))?;
+    ctx.memo.status_written(&cr.namespace().unwrap_or_default(), &cr.name_any(), rv);
+    Ok(())
 }
 
 /// Revoke a replaced token after `delay`, in the background (a rotation
@@ -808,7 +891,7 @@ async fn fail(
     warn!(namespace = %labels.namespace, name = %labels.name, reason, error = %message, "mint failed");
     let st = status::failed(prev, cr.metadata.generation, inputs, reason, message.clone(), Some(retry_at), now);
     let same_state = cr.ready().is_some_and(|c| c.status == "False" && c.reason == reason && c.message.starts_with(&message));
-    status::patch(crs, cr, &st).await.map_err(kube_err("writing status"))?;
+    write_status(ctx, crs, cr, &st).await?;
     ctx.metrics
         .failures
         .get_or_create(&FailureLabels { namespace: labels.namespace.clone(), name: labels.name.clone(), reason: reason.into() })
@@ -866,7 +949,8 @@ pub async fn run(
     };
     let (reader, writer) = reflector::store();
     let index = Arc::new(ReferenceIndex::default());
-    let (forget, idx, live) = (metrics.clone(), index.clone(), reader.clone());
+    let ctx = Arc::new(Context::new(client.clone(), &settings, metrics.clone(), progress));
+    let (forget, idx, live, memo) = (metrics.clone(), index.clone(), reader.clone(), ctx.clone());
     let mut cr_config = watcher::Config::default();
     if let Some(sel) = &settings.selector {
         cr_config = cr_config.labels(sel);
@@ -878,10 +962,15 @@ pub async fn run(
         })
         .reflect(writer)
         .inspect(move |ev| match ev {
-            Ok(watcher::Event::Apply(cr) | watcher::Event::InitApply(cr)) => idx.set(cr),
+            Ok(watcher::Event::Apply(cr)) => idx.set(cr),
+            Ok(watcher::Event::InitApply(cr)) => {
+                idx.set(cr);
+                memo.memo.listed(&cr.namespace().unwrap_or_default(), &cr.name_any());
+            }
             Ok(watcher::Event::Delete(cr)) => {
                 idx.remove(cr);
                 forget.forget(&cr.namespace().unwrap_or_default(), &cr.name_any());
+                memo.memo.forget(&cr.namespace().unwrap_or_default(), &cr.name_any());
             }
             Ok(watcher::Event::Init) => idx.clear(),
             // After a relist, credentials deleted while the watch was down
@@ -892,13 +981,54 @@ pub async fn run(
         .touched_objects();
     // Our Secrets only, by label, metadata only: edits and deletions trigger a repair.
     let managed = format!("{}={}", api::MANAGED_BY_LABEL, api::MANAGED_BY_VALUE);
+    // Their versions are remembered (not the objects), so a reconcile knows
+    // whether the Secret is still exactly what it wrote (see crate::memo).
+    let seen = ctx.clone();
     let owned = watcher(secrets.clone(), watcher::Config::default().labels(&managed))
         .default_backoff()
+        .inspect(move |ev| match ev {
+            Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s)) => {
+                if let (Some(ns), Some(name), Some(rv)) = (&s.metadata.namespace, &s.metadata.name, &s.metadata.resource_version) {
+                    seen.owned_versions.observe(ns, name, rv);
+                }
+            }
+            Ok(watcher::Event::Delete(s)) => {
+                if let (Some(ns), Some(name)) = (&s.metadata.namespace, &s.metadata.name) {
+                    seen.owned_versions.deleted(ns, name);
+                }
+            }
+            // A relist: deletions while the watch was down show only as
+            // absences, so what we remember of our Secrets is read again.
+            Ok(watcher::Event::Init) => {
+                seen.owned_versions.set_synced(false);
+                seen.memo.clear_secrets();
+            }
+            Ok(watcher::Event::InitDone) => seen.owned_versions.set_synced(true),
+            _ => {}
+        })
         .touched_objects();
-    // Secrets the sources read: metadata only and nothing stored, mapped to
-    // the credentials that name them through the index.
+    // Secrets the sources read: metadata only, mapped to the credentials that
+    // name them through the index; the versions of those a credential names
+    // are remembered (for the inputs fingerprint).
+    let (sources, refs) = (ctx.clone(), index.clone());
     let referenced = watcher(secrets, watcher::Config::default().labels(&format!("{}!={}", api::MANAGED_BY_LABEL, api::MANAGED_BY_VALUE)))
         .default_backoff()
+        .inspect(move |ev| match ev {
+            Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s)) => {
+                if let (Some(ns), Some(name), Some(rv)) = (&s.metadata.namespace, &s.metadata.name, &s.metadata.resource_version) {
+                    if sources.source_versions.contains(ns, name) || !refs.lookup(ns, name).is_empty() {
+                        sources.source_versions.observe(ns, name, rv);
+                    }
+                }
+            }
+            Ok(watcher::Event::Delete(s)) => {
+                if let (Some(ns), Some(name)) = (&s.metadata.namespace, &s.metadata.name) {
+                    sources.source_versions.forget(ns, name);
+                }
+            }
+            Ok(watcher::Event::Init) => sources.source_versions.clear(),
+            _ => {}
+        })
         .touched_objects();
     // ServiceAccounts (metadata): one created or relabelled gets the
     // entries of the credentials of its namespace that select accounts.
@@ -908,7 +1038,6 @@ pub async fn run(
     };
     let sa_stream = watcher(accounts, watcher::Config::default()).default_backoff().touched_objects();
     let selecting = reader.clone();
-    let ctx = Arc::new(Context::new(client.clone(), &settings, metrics, progress));
     let shutdown = futures::FutureExt::shared(shutdown);
     let namespaced = Controller::for_stream(cr_stream, reader)
         .owns_stream(owned)
@@ -979,16 +1108,24 @@ mod tests {
         assert!(!p.stalled_at(Instant::now() + Duration::from_secs(120)));
     }
 
-    #[test]
-    fn namespaces_get_a_share() {
-        let l = NamespaceLimits { per_namespace: 2, slots: Mutex::new(HashMap::new()) };
-        let a1 = l.try_acquire("a");
-        let a2 = l.try_acquire("a");
+    #[tokio::test]
+    async fn namespaces_get_a_share() {
+        let l = Arc::new(NamespaceLimits { per_namespace: 2, slots: Mutex::new(HashMap::new()) });
+        let wait = Duration::from_millis(50);
+        let a1 = l.acquire("a", wait).await;
+        let a2 = l.acquire("a", wait).await;
         assert!(a1.is_some() && a2.is_some());
-        assert!(l.try_acquire("a").is_none(), "a third slot for namespace a");
-        assert!(l.try_acquire("b").is_some(), "namespace b is not held up by a");
+        assert!(l.acquire("a", wait).await.is_none(), "a third slot for namespace a");
+        assert!(l.acquire("b", wait).await.is_some(), "namespace b is not held up by a");
         drop(a1);
-        assert!(l.try_acquire("a").is_some());
+        assert!(l.acquire("a", wait).await.is_some());
+        // A slot freed while waiting is taken (a burst of quick reconciles flows).
+        let (l2, a3) = (l.clone(), l.acquire("a", wait).await);
+        let waiter = tokio::spawn(async move { l2.acquire("a", Duration::from_secs(5)).await.is_some() });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(a3);
+        assert!(waiter.await.unwrap());
+        drop(a2);
     }
 
     #[test]

@@ -139,7 +139,7 @@ async fn reconcile_inner(cached: &ClusterRegistryCredential, ctx: &FleetContext)
     let home = homes.get_opt(&home_secret).await.map_err(kube_err("reading the home Secret"))?;
     let state = secret_state(home.as_ref(), |s| secret::is_controlled_by(&s.metadata, &uid, KIND));
     let refs: Api<Secret> = Api::namespaced(client.clone(), &refs_namespace);
-    let desired_inputs = inputs(generation, &ccr.spec.source, &refs).await?;
+    let desired_inputs = inputs(generation, &ccr.spec.source, &refs, None).await?;
     let renew_request = api::pending_renew_request(&ccr.metadata, ccr.status.as_ref().map(|s| &s.credential));
     let observed = observed(state.clone(), desired_inputs.clone(), &prev, renew_request.as_ref(), base.settings.min_mint_interval, seed);
 

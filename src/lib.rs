@@ -12,6 +12,7 @@ pub mod day2;
 pub mod fleet;
 pub mod egress;
 pub mod http;
+pub mod memo;
 pub mod metrics;
 pub mod remediate;
 pub mod schedule;

@@ -125,9 +125,11 @@ pub fn conflict(prev: &RegistryCredentialStatus, generation: Option<i64>, secret
 }
 
 /// Write the whole status with server-side apply, only when it changed.
-pub async fn patch(api: &Api<RegistryCredential>, cr: &RegistryCredential, status: &RegistryCredentialStatus) -> Result<(), kube::Error> {
+/// Returns the resourceVersion the write produced (None when nothing changed
+/// and nothing was written).
+pub async fn patch(api: &Api<RegistryCredential>, cr: &RegistryCredential, status: &RegistryCredentialStatus) -> Result<Option<String>, kube::Error> {
     if cr.status.as_ref() == Some(status) {
-        return Ok(());
+        return Ok(None);
     }
     let name = cr.metadata.name.clone().unwrap_or_default();
     let body = json!({
@@ -135,8 +137,8 @@ pub async fn patch(api: &Api<RegistryCredential>, cr: &RegistryCredential, statu
         "kind": "RegistryCredential",
         "status": status,
     });
-    api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body)).await?;
-    Ok(())
+    let written = api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body)).await?;
+    Ok(written.metadata.resource_version)
 }
 
 #[cfg(test)]
