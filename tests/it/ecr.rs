@@ -17,7 +17,7 @@ const ROLE_ACCOUNT: &str = "210987654321";
 const TEAM_ACCOUNT: &str = "333333333333";
 const SECRET_KEY: &str = "aws-secret-key-f00dfeed";
 
-fn aws_env() -> Vec<(&'static str, &'static str)> {
+pub(crate) fn aws_env() -> Vec<(&'static str, &'static str)> {
     vec![
         ("AWS_ACCESS_KEY_ID", "AKIAOPERATOR00000001"),
         ("AWS_SECRET_ACCESS_KEY", "operator-secret-key-cafe01"),

@@ -12,20 +12,12 @@ use kube::api::{Api, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{json, Value};
 
+use super::ecr::aws_env;
 use super::fleet::{create_cluster_credential, fleet_operator, labelled_namespace, unique, wait_synced, Namespaces};
 use super::support::*;
 
 const ACCOUNT: &str = "123456789012"; // moto's account for unknown keys
 const TEAM_ACCOUNT: &str = "333333333333";
-
-fn aws_env() -> Vec<(&'static str, &'static str)> {
-    vec![
-        ("AWS_ACCESS_KEY_ID", "AKIAOPERATOR00000001"),
-        ("AWS_SECRET_ACCESS_KEY", "operator-secret-key-cafe01"),
-        ("AWS_REGION", "eu-west-1"),
-        ("AWS_EC2_METADATA_DISABLED", "true"),
-    ]
-}
 
 /// A registry accepting what moto's ECR mints for `account` (user `AWS`,
 /// password `<account>-auth-token`), holding the runnable test image.

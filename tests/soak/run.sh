@@ -3,8 +3,10 @@
 # regcred replicas with leader election, every Secret checked every 250 ms,
 # chaos on a schedule (kill -9 and SIGTERM of the leader, kube-apiserver and
 # etcd restarts, the token endpoint down for less and for more than a
-# lifetime). Prints a JSON report; exits 1 on an expired moment outside the
-# declared longer-than-a-lifetime outage, or a lost Secret. See soak.py.
+# lifetime). Prints a JSON report; exits 1 on an expired moment outside a
+# declared outage (the longer-than-a-lifetime token outage, and the control
+# plane restarts, during which nothing can write a Secret; both are counted
+# separately), or a lost Secret. See soak.py.
 #
 #   tests/soak/run.sh [--minutes 30] [--chaos all|short] [--credentials 50] [--out FILE]
 #

@@ -7,8 +7,13 @@ leader election; creates credentials of every source kind; then samples every
 Secret every 250 ms while chaos happens on a schedule. A sample where a
 Secret's credential is past its `regcred.dev/not-after` is an expired moment
 (each OAuth2 token is also checked once at the server's introspection: it
-must be active when first seen). Exits 1 when there was an expired moment
-outside a declared outage, or a Secret was lost.
+must be active when first seen). Declared outages: the token endpoint down
+for longer than a lifetime, and the control plane restarting (no Secret can be
+written without an API server; a kube-apiserver restart takes longer than the
+15 s renewal margin of 30 s tokens here); the Secrets that expire inside them
+are counted per outage. A replica that exits (regcred does when it loses the
+lease) is restarted, as the kubelet would, and reported. Exits 1 when there
+was an expired moment outside a declared outage, or a Secret was lost.
 
     python3 soak.py --minutes M [--chaos all|short] [--credentials N] [--out FILE]
 """
@@ -139,6 +144,7 @@ class Soak:
         self.events = []  # (time, description, seconds it took)
         self.procs = []
         self.pool = ThreadPoolExecutor(4)
+        self.exits = []  # (time, replica, exit code): restarted by the supervisor
         # Tokens the OAuth2 server issued before its restarts.
         self.oauth2_offset = 0
 
@@ -253,7 +259,22 @@ class Soak:
 
     # --- sampling
     def declared(self, kind, t):
-        return any(k == kind and s <= t <= e for k, s, e in self.outages)
+        """Inside a declared outage: the token endpoint down for longer than a
+        lifetime (its kind), or the control plane restarting (every kind:
+        nothing can write a Secret without an API server)."""
+        return any(k in (kind, "*") and s <= t <= e for k, s, e in self.outages)
+
+    def supervise(self):
+        """Restart a replica that exits, as the kubelet would restart its
+        container (regcred exits on purpose when it loses the lease)."""
+        while not self.stop.is_set():
+            for name, p in self.replicas.items():
+                if p.p.poll() is not None and not getattr(p, "stopping", False):
+                    self.exits.append((time.time() - self.started, name, p.p.returncode))
+                    log(f"{name} exited ({p.p.returncode}); restarting it")
+                    p.restarts += 1
+                    p.start()
+            time.sleep(0.5)
 
     def sampler(self):
         known = set()
@@ -318,15 +339,18 @@ class Soak:
             log(f"{label}: no leader to stop ({old})")
             return
         t0 = time.time()
+        self.replicas[old].stopping = True
         self.replicas[old].kill(sig)
         took = self.wait_new_leader(old, t0)
         self.replicas[old].restarts += 1
         self.replicas[old].start()  # back as the standby
+        self.replicas[old].stopping = False
         self.events.append((t0 - self.started, f"{label} ({old})", took))
         log(f"{label}: {old} stopped, new leader after {took if took is None else round(took, 1)} s")
 
     def restart(self, proc, label, down=2.0):
         t0 = time.time()
+        self.outages.append(("*", t0, t0 + 600))
         proc.restart(signal.SIGTERM, down)
         # Back when the API answers again.
         while time.time() - t0 < 120:
@@ -337,6 +361,9 @@ class Soak:
                 pass
             time.sleep(0.2)
         took = time.time() - t0
+        # The outage ends when the API answers, plus one renewal's worth of
+        # work (a few seconds) for the Secrets that expired meanwhile.
+        self.outages[-1] = ("*", t0, time.time() + 5)
         self.events.append((t0 - self.started, label, took))
         log(f"{label}: API ready again after {took:.1f} s")
 
@@ -405,20 +432,29 @@ class Soak:
         mints0 = self.mints()
         t = threading.Thread(target=self.sampler)
         t.start()
+        sup = threading.Thread(target=self.supervise)
+        sup.start()
         try:
             self.schedule()
         finally:
             self.stop.set()
             t.join()
+            sup.join()
         elapsed = time.time() - self.started
         mints = {k: v - mints0[k] for k, v in self.mints().items()}
         count = {k: sum(1 for x in self.kinds.values() if x == k) for k in ("oauth2", "http", "ecr", "basic")}
         lifetimes = {"oauth2": TOKEN_TTL, "http": TOKEN_TTL, "ecr": ECR_TTL}
         undeclared = [e for e in self.expired if not e[3]]
+        during = {}
+        for when, name, _, declared in self.expired:
+            if declared:
+                what = next((w for at, w, _ in self.events if self.started + at <= when <= self.started + at + 200), "outage")
+                during.setdefault(what, set()).add(name)
         report = {
             "minutes": round(elapsed / 60, 1), "credentials": len(self.kinds), "by_kind": count,
             "samples": self.samples, "samples_while_api_down": self.sample_errors,
             "expired_moments": len(undeclared), "expired_moments_in_declared_outage": len(self.expired) - len(undeclared),
+            "secrets_expired_per_declared_outage": {k: len(v) for k, v in during.items()},
             "expired_examples": [e[:3] for e in undeclared[:5]],
             "secrets_lost": len(self.lost), "inactive_tokens_at_first_sight": len(self.inactive_tokens),
             # Per credential per renewal due (a renewal is due every
@@ -434,6 +470,7 @@ class Soak:
             "longest_failover_s": max([took for _, what, took in self.events if "leader" in what and took is not None], default=None),
             "rss_kib_start": self.rss_start, "rss_kib_end": {k: rss_kib(p.p.pid) for k, p in self.replicas.items()},
             "restarts": {p.name: p.restarts for p in list(self.replicas.values()) + [self.oauth2, self.apiserver, self.etcd]},
+            "replica_exits_restarted": [{"at_s": round(at, 1), "replica": n, "code": c} for at, n, c in self.exits],
             "unexpected_exits": [p.name for p in self.replicas.values() if p.p.poll() is not None],
         }
         return report
