@@ -463,15 +463,19 @@ async fn reconcile_inner(cached: &RegistryCredential, ctx: &Context) -> Result<A
     // status write (a reconcile that saw the old status would mint a second
     // time); then, and once for credentials from the initial list, read it.
     let fresh;
-    let cr: &RegistryCredential = if ctx.memo.cache_usable(&ns, &name, cached.metadata.resource_version.as_deref()) {
-        cached
-    } else {
-        let Some(f) = crs.get_opt(&name).await.map_err(kube_err("reading the RegistryCredential"))? else {
-            return Ok(Action::await_change());
-        };
-        ctx.memo.read(&ns, &name);
-        fresh = f;
-        &fresh
+    let cr: &RegistryCredential = match ctx.memo.cached(&ns, &name, cached.metadata.resource_version.as_deref()) {
+        crate::memo::Cached::Use => cached,
+        // The watch event of our own status write triggers the next
+        // reconcile; a requeue covers the case where none comes.
+        crate::memo::Cached::AwaitOwnWrite => return Ok(Action::requeue(Duration::from_secs(5))),
+        crate::memo::Cached::Read => {
+            let Some(f) = crs.get_opt(&name).await.map_err(kube_err("reading the RegistryCredential"))? else {
+                return Ok(Action::await_change());
+            };
+            ctx.memo.read(&ns, &name);
+            fresh = f;
+            &fresh
+        }
     };
     let wants_accounts = cr.spec.service_accounts.is_some();
     let revocation = cr.spec.source.oauth2.as_ref().and_then(|o| o.revoke.clone()).unwrap_or_default();

@@ -4,8 +4,9 @@
 //! The rule it keeps: a reconcile never decides from a view older than
 //! regcred's own last write (a stale view once caused a double mint). After
 //! each status write regcred remembers the resourceVersion the API server
-//! returned; a cached credential at that version or newer is safe to use, an
-//! older one is read afresh. After each Secret write it remembers the
+//! returned; a cached credential at that version or newer is safe to use; an
+//! older one means the watch event of that write is still on its way, and
+//! the reconcile it triggers takes over (nothing is read). After each Secret write it remembers the
 //! Secret's resourceVersion and what it holds (not its data); while the
 //! Secret watch has seen no other version since, the Secret is still exactly
 //! what regcred wrote. Credentials first seen in a watch's initial list
@@ -99,6 +100,17 @@ impl Versions {
     }
 }
 
+/// What a reconcile does with the cached credential.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cached {
+    /// Up to date with our own writes: use it.
+    Use,
+    /// Older than our own last write: its watch event is coming; wait for it.
+    AwaitOwnWrite,
+    /// Unknown (from the initial list, or versions that do not compare): read it.
+    Read,
+}
+
 /// What regcred wrote, per credential.
 #[derive(Default)]
 pub struct Memo {
@@ -121,15 +133,27 @@ impl Memo {
         }
     }
 
-    /// May the cached credential at `cached_rv` be used as it is?
-    pub fn cache_usable(&self, ns: &str, name: &str, cached_rv: Option<&str>) -> bool {
+    /// What to do with the cached credential at `cached_rv`.
+    pub fn cached(&self, ns: &str, name: &str, cached_rv: Option<&str>) -> Cached {
         let k = key(ns, name);
         let written = self.inner.lock().unwrap_or_else(|p| p.into_inner()).get(&k).and_then(|w| w.credential_rv.clone());
         match (written, cached_rv) {
-            (Some(ours), Some(cached)) => matches!(compare(cached, &ours), Some(Ordering::Equal | Ordering::Greater)),
-            (Some(_), None) => false,
-            (None, _) => !self.listed.lock().unwrap_or_else(|p| p.into_inner()).contains(&k),
+            (Some(ours), Some(cached)) => match compare(cached, &ours) {
+                Some(Ordering::Equal | Ordering::Greater) => Cached::Use,
+                // Our own write is on its way through the watch, and its
+                // event brings this credential back: nothing to read.
+                Some(Ordering::Less) => Cached::AwaitOwnWrite,
+                None => Cached::Read,
+            },
+            (Some(_), None) => Cached::Read,
+            (None, _) if self.listed.lock().unwrap_or_else(|p| p.into_inner()).contains(&k) => Cached::Read,
+            (None, _) => Cached::Use,
         }
+    }
+
+    #[cfg(test)]
+    fn cache_usable(&self, ns: &str, name: &str, cached_rv: Option<&str>) -> bool {
+        self.cached(ns, name, cached_rv) == Cached::Use
     }
 
     /// The credential was read afresh.
@@ -205,11 +229,13 @@ mod tests {
         // After our status write at 10: 9 is stale, 10 and 11 are not.
         m.status_written("ns", "new", Some("10".into()));
         assert!(!m.cache_usable("ns", "new", Some("9")));
+        assert_eq!(m.cached("ns", "new", Some("9")), Cached::AwaitOwnWrite);
         assert!(m.cache_usable("ns", "new", Some("10")));
         assert!(m.cache_usable("ns", "new", Some("11")));
         // Not numbers: read afresh.
         m.status_written("ns", "new", Some("abc".into()));
         assert!(!m.cache_usable("ns", "new", Some("12")));
+        assert_eq!(m.cached("ns", "new", Some("12")), Cached::Read);
     }
 
     #[test]
