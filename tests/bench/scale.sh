@@ -2,7 +2,7 @@
 # Benchmark (not a test): N credentials side by side with External Secrets
 # Operator on the project's control plane.
 #
-#   tests/bench/scale.sh [N] [--namespaces M] [--no-eso] [--out FILE]
+#   tests/bench/scale.sh [N] [--namespaces M] [--no-eso | --eso-defaults-only] [--out FILE]
 #
 # N (default 1000) credentials, each a dockerconfigjson Secret from a static
 # source (regcred: `basic` from one of 10 Secrets per namespace, no login
@@ -24,11 +24,12 @@
 #
 # Prints a Markdown table; writes JSON (default: $dir/scale.json, printed).
 set -euo pipefail
-n=1000; namespaces=1; eso=1; out=""
+n=1000; namespaces=1; eso=1; eso_tuned=1; out=""
 while [ $# -gt 0 ]; do
   case $1 in
     --namespaces) namespaces=$2; shift 2 ;;
     --no-eso) eso=0; shift ;;
+    --eso-defaults-only) eso_tuned=0; shift ;;
     --out) out=$2; shift 2 ;;
     *) n=$1; shift ;;
   esac
@@ -53,7 +54,7 @@ if [ "$eso" = 1 ]; then
   "$k" wait --for=condition=Established crd/externalsecrets.external-secrets.io crd/secretstores.external-secrets.io >/dev/null
   eso_run="exec $eso_bin --metrics-addr 127.0.0.1:{port} --enable-leader-election=false --loglevel error"
   controllers+=("eso-defaults=$eso_run")
-  controllers+=("eso-32-unlimited=$eso_run --concurrent 32 --client-qps -1")
+  [ "$eso_tuned" = 1 ] && controllers+=("eso-32-unlimited=$eso_run --concurrent 32 --client-qps -1")
 fi
 server=$("$k" config view --minify -o jsonpath='{.clusters[0].cluster.server}')
 python3 "$root/tests/bench/scale.py" "$server" "$dir/cp/pki" "$out" "$n" "$namespaces" "${controllers[@]}"
