@@ -604,7 +604,7 @@ async fn reconcile_inner(cached: &RegistryCredential, ctx: &Context) -> Result<A
         Err(WriteError::Conflict | WriteError::Stale) => {
             // What we thought of the Secret was wrong: read it next time
             // (the marker is replaced by the watch's next sight of it).
-            ctx.memo.secret_written(&ns, &name, &secret_name, None, SecretState::Missing);
+            ctx.memo.forget_secret(&ns, &name);
             ctx.owned_versions.deleted(&ns, &secret_name);
             return Ok(Action::requeue(Duration::from_secs(1)));
         }

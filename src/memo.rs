@@ -91,13 +91,6 @@ impl Versions {
         self.inner.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
-    pub fn len(&self) -> usize {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// What a reconcile does with the cached credential.
@@ -173,6 +166,13 @@ impl Memo {
         let mut m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let w = m.entry(key(ns, name)).or_default();
         w.secret = rv.map(|rv| (secret.to_string(), rv, state));
+    }
+
+    /// What we thought of the credential's Secret was wrong: read it next time.
+    pub fn forget_secret(&self, ns: &str, name: &str) {
+        if let Some(w) = self.inner.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&key(ns, name)) {
+            w.secret = None;
+        }
     }
 
     /// The Secret as regcred last wrote it — its resourceVersion and state —

@@ -153,10 +153,5 @@ pids+=($!)
 log "kube-apiserver https://127.0.0.1:$api_port, logs in $dir"
 echo "READY $dir/kubeconfig"
 
-if [ "$lifetime" = stdin ]; then
-  exec 3<&0
-  cat <&3 >/dev/null &
-  wait $! || true
-else
-  while :; do sleep 3600 & wait $! || true; done
-fi
+source "$here/lifetime.sh"
+run_until_stopped "$lifetime"

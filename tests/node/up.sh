@@ -244,10 +244,6 @@ done
 log "node $node Ready (kubelet pid ${pids[1]}, containerd pid ${pids[0]}), logs in $dir"
 echo "READY $node $dir"
 
-if [ "$lifetime" = stdin ]; then
-  exec 3<&0
-  cat <&3 >/dev/null &
-  wait $! || true
-else
-  while :; do sleep 3600 & wait $! || true; done
-fi
+# shellcheck source=../controlplane/lifetime.sh
+source "$here/../controlplane/lifetime.sh"
+run_until_stopped "$lifetime"
