@@ -1,12 +1,44 @@
 #!/usr/bin/env bash
-# The test command. Installs what the tests need when missing (control plane
-# binaries, real peers; each cached outside the repository, so a warm run only
-# checks), then runs every test: unit tests, and integration tests against a
-# real kube-apiserver, etcd and kube-controller-manager on 127.0.0.1.
+# The test command:
+#
+#   tests/run.sh [CARGO TEST FILTER AND FLAGS]...
+#   tests/run.sh --killed-run          (only the killed-run check, see below)
+#
+# 1. Fetch and build, on the machine's network: the control plane binaries and
+#    the real peers (each cached outside the repository, so a warm run only
+#    checks), and the test binaries (`cargo test --no-run`).
+# 2. Sweep what a killed earlier run left (tests/node/sweep.sh).
+# 3. Run, sealed (tests/seal/sealed.sh): every test process in network, PID
+#    and mount namespaces of the run's own, offline, with only the loopback
+#    and a few test addresses on it. Unit tests, and integration tests against
+#    a real kube-apiserver, etcd and kube-controller-manager, real peers and a
+#    real kubelet on the loopback. Without a filter, then the killed-run check
+#    (tests/seal/killed-run.sh): a node and a Pod, the run SIGKILLed, the
+#    sweep, nothing left.
+#
+# Needs root. USE_EXISTING_CLUSTER=true (with KUBECONFIG) runs the tests
+# unsealed against that cluster instead, and skips what needs the node or
+# test addresses.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/regcred/target}
-tests/controlplane/build.sh >/dev/null
-tests/peers/install.sh >/dev/null
+threads=${REGCRED_TEST_THREADS:-8}
+
+if [ "${REGCRED_SEALED:-}" != 1 ]; then
+  tests/controlplane/build.sh >/dev/null
+  tests/peers/install.sh >/dev/null
+  cargo test --locked --no-run --quiet
+  if [ "${USE_EXISTING_CLUSTER:-}" = true ]; then
+    echo "tests: UNSEALED: USE_EXISTING_CLUSTER=true runs the tests on this machine's network against $KUBECONFIG;" \
+      "the node tests, the stand-in checks and the killed-run check are skipped" >&2
+    exec cargo test --locked -- --test-threads "$threads" "$@"
+  fi
+  tests/node/sweep.sh
+  exec tests/seal/sealed.sh "$0" "$@"
+fi
+
+# Sealed from here on.
+if [ "${1:-}" = --killed-run ]; then exec tests/seal/killed-run.sh; fi
 # Integration tests mostly wait on servers: run more of them than there are cores.
-cargo test --locked -- --test-threads "${REGCRED_TEST_THREADS:-8}" "$@"
+cargo test --locked -- --test-threads "$threads" "$@"
+if [ $# -eq 0 ]; then tests/seal/killed-run.sh; fi

@@ -3,12 +3,27 @@
 # CRDs. Sets root, bin, cpbin, k and dir; exports KUBECONFIG and
 # CARGO_TARGET_DIR. On exit it stops $op (the operator, if set), every pid in
 # $extra_pids, and the control plane.
-bench_setup() {
-  root=$(cd "$(dirname "${BASH_SOURCE[1]}")/../.." && pwd)
+#
+# Builds on the machine's network, then runs the benchmark sealed
+# (tests/seal/sealed.sh: only the loopback; whatever it starts dies with it):
+# bench_seal re-runs the calling script inside, with the arguments it had
+# when it sourced this file. Needs root.
+bench_args=("$@")
+bench_script=${BASH_SOURCE[${#BASH_SOURCE[@]} - 1]}
+bench_build() {
+  root=$(cd "$(dirname "$bench_script")/../.." && pwd)
   export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/regcred/target}
   (cd "$root" && cargo build --release --locked --quiet --bin regcred)
   bin="$CARGO_TARGET_DIR/release/regcred"
   cpbin=$("$root/tests/controlplane/build.sh")
+  "$root/tests/peers/install.sh" >/dev/null
+}
+bench_seal() {
+  [ "${REGCRED_SEALED:-}" = 1 ] || exec "$root/tests/seal/sealed.sh" bash "$bench_script" "${bench_args[@]}"
+}
+bench_setup() {
+  bench_build
+  bench_seal
   k="$cpbin/kubectl"
   dir=$(mktemp -d "${TMPDIR:-/tmp}/regcred-bench.XXXXXX")
   coproc CP { exec "$root/tests/controlplane/up.sh" --until-stdin-closes "$dir/cp"; }

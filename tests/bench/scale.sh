@@ -24,6 +24,7 @@
 #
 # Prints a Markdown table; writes JSON (default: $dir/scale.json, printed).
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
 n=1000; namespaces=1; eso=1; eso_tuned=1; out=""
 while [ $# -gt 0 ]; do
   case $1 in
@@ -34,22 +35,27 @@ while [ $# -gt 0 ]; do
     *) n=$1; shift ;;
   esac
 done
-source "$(dirname "$0")/lib.sh"
+bench_build
+version=v0.16.2
+cache=${REGCRED_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/regcred}
+eso_bin="$cache/eso-$version/external-secrets"
+if [ "$eso" = 1 ] && [ "${REGCRED_SEALED:-}" != 1 ]; then
+  # Fetched and built outside the seal; its source directory goes in with us.
+  ESO_SRC=$(GOFLAGS=-mod=mod go mod download -json "github.com/external-secrets/external-secrets@$version" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
+  export ESO_SRC
+  if [ ! -x "$eso_bin" ]; then
+    echo "building External Secrets Operator $version (once; several minutes)" >&2
+    mkdir -p "$(dirname "$eso_bin")"
+    (cd "$ESO_SRC" && CGO_ENABLED=0 GOFLAGS="-trimpath -buildvcs=false" go build -ldflags "-s -w" -o "$eso_bin.tmp" .)
+    mv "$eso_bin.tmp" "$eso_bin"
+  fi
+fi
 bench_setup
 out=${out:-$dir/scale.json}
 
 controllers=("regcred=exec env POD_NAMESPACE=default $bin run --metrics-bind-address 127.0.0.1:{port} --log-level warn")
 if [ "$eso" = 1 ]; then
-  version=v0.16.2
-  cache=${REGCRED_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/regcred}
-  eso_bin="$cache/eso-$version/external-secrets"
-  src=$(GOFLAGS=-mod=mod go mod download -json "github.com/external-secrets/external-secrets@$version" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
-  if [ ! -x "$eso_bin" ]; then
-    echo "building External Secrets Operator $version (once; several minutes)" >&2
-    mkdir -p "$(dirname "$eso_bin")"
-    (cd "$src" && CGO_ENABLED=0 GOFLAGS="-trimpath -buildvcs=false" go build -ldflags "-s -w" -o "$eso_bin.tmp" .)
-    mv "$eso_bin.tmp" "$eso_bin"
-  fi
+  src=$ESO_SRC
   for crd in "$src"/config/crds/bases/*.io_*.yaml; do "$k" apply --server-side -f "$crd" >/dev/null; done
   "$k" wait --for=condition=Established crd/externalsecrets.external-secrets.io crd/secretstores.external-secrets.io >/dev/null
   eso_run="exec $eso_bin --metrics-addr 127.0.0.1:{port} --enable-leader-election=false --loglevel error"

@@ -125,7 +125,12 @@ async fn hostile_tenants_cannot_hurt_anyone() {
     // registry whose Bearer realm points at the denied address, a TLS zoo,
     // moto with 40 s tokens, and the bystander's OAuth2 server.
     let a = Hostile::start("127.0.0.1", None).await;
-    let denied = Hostile::start("127.0.0.2", None).await;
+    // Sealed, the denied peers stand where cloud metadata and a private host
+    // would be (test addresses that exist only in the run's namespace).
+    let (denied_at, private_at) = (metadata_standin(), private_standin());
+    let denied = Hostile::start(&denied_at, None).await;
+    let private = Hostile::start(&private_at, None).await;
+    let deny_cidrs = format!("169.254.0.0/16,{denied_at}/32,{private_at}/32");
     let override_target = Hostile::start("127.0.0.1", None).await;
     let realm = format!("{}/c/realm/body", denied.base);
     let registry = Hostile::start("127.0.0.1", Some(&realm)).await;
@@ -141,7 +146,7 @@ async fn hostile_tenants_cannot_hurt_anyone() {
     let mut operator = Operator::start_cluster_wide(
         &[
             "--selector", &selector,
-            "--egress-deny-cidrs", "127.0.0.2/32,169.254.0.0/16",
+            "--egress-deny-cidrs", &deny_cidrs,
             "--aws-endpoint-overrides", &moto.endpoint(),
             "--ecr-identity-namespaces", &h.name,
             "--ecr-role-arns", "arn:aws:iam::210987654321:role/pull*",
@@ -259,6 +264,7 @@ async fn hostile_tenants_cannot_hurt_anyone() {
     // 6. SSRF: a literal denied address, a redirect to it, a registry whose
     //    Bearer realm is on it; an un-allowed AWS endpoint override.
     suite.http(&h.name, "ssrf-literal", &denied.url("ssrf", "body", &[("b", &token_body("300"))]), json!({})).await;
+    suite.http(&h.name, "ssrf-private", &private.url("ssrf", "body", &[("b", &token_body("300"))]), json!({})).await;
     let to = denied.url("ssrf-redirected", "body", &[("b", &token_body("300"))]);
     suite.http(&h.name, "ssrf-redirect", &a.url("redirect", "redirect", &[("to", &to)]), json!({})).await;
     suite.create(&h.name, "ssrf-registry", json!({"source": {"basic": {"secretRef": {"name": "robot"}, "registries": [registry.host()], "allowInsecureHTTP": true}}})).await;
@@ -342,11 +348,11 @@ async fn hostile_tenants_cannot_hurt_anyone() {
     }
     let rejected = wait_ready(&client, &q_ns.name, "rejected", "False", Some("SecretRejected"), Duration::from_secs(60)).await;
     assert!(message(&rejected).contains("403"), "{}", message(&rejected));
-    for name in ["ssrf-literal", "ssrf-redirect", "ssrf-registry", "sts-override", "ecr-override"] {
+    for name in ["ssrf-literal", "ssrf-private", "ssrf-redirect", "ssrf-registry", "sts-override", "ecr-override"] {
         let cr = wait_ready(&client, &h.name, name, "False", Some("EgressDenied"), Duration::from_secs(60)).await;
         assert!(message(&cr).contains("is denied by the operator's egress policy"), "{name}: {}", message(&cr));
     }
-    assert!(message(&wait_ready(&client, &h.name, "ssrf-literal", "False", None, Duration::from_secs(5)).await).contains("127.0.0.2"));
+    assert!(message(&wait_ready(&client, &h.name, "ssrf-literal", "False", None, Duration::from_secs(5)).await).contains(&denied_at));
     for name in ["web-not-opted", "web-audience"] {
         wait_ready(&client, &h.name, name, "False", Some("IdentityNotAllowed"), Duration::from_secs(60)).await;
     }
@@ -427,7 +433,8 @@ async fn hostile_tenants_cannot_hurt_anyone() {
 
     // Nothing reached the denied address or the un-allowed override, and
     // no token was requested for a refused web identity.
-    assert_eq!(denied.total().await, 0, "requests reached the denied address");
+    assert_eq!(denied.total().await, 0, "requests reached the denied address {denied_at}");
+    assert_eq!(private.total().await, 0, "requests reached the denied private address {private_at}");
     assert_eq!(override_target.total().await, 0, "requests reached an endpoint override the admin did not allow");
     assert!(count_of(a.counts().await, "hang") >= 8, "the hanging endpoint was not even tried");
     assert_eq!(moto.calls("AssumeRoleWithWebIdentity").await, 0);

@@ -10,6 +10,7 @@ mod hostile;
 mod local;
 mod pods;
 mod rotation;
+mod sealed;
 mod soak;
 mod ship;
 mod support;

@@ -48,17 +48,23 @@ if ! flock -n 9; then
   flock -w 1800 9 || { log "gave up waiting for $lock"; exit 1; }
 fi
 
-sysctls=(vm.overcommit_memory kernel.panic kernel.panic_on_oops)
-declare -A saved
-for s in "${sysctls[@]}"; do saved[$s]=$(sysctl -n "$s"); done
-hierarchies=()
-for h in /sys/fs/cgroup/*/; do [ -d "$h" ] && hierarchies+=("${h%/}"); done
+# What a node killed before its teardown left (a SIGKILLed test run), undone
+# now that no node runs.
+"$here/sweep.sh" --locked
+
+# What the kubelet and containerd change outside DIR, as it is now, for
+# tests/node/restore.sh: the teardown restores it from there, and so does the
+# sweep should this script be killed before its teardown (memory would die
+# with it). Written once, before the kubelet changes anything; removed when
+# the teardown has restored it all.
+state=${REGCRED_NODE_STATE:-/run/regcred-node}
 had() { [ -e "$1" ] || [ -L "$1" ] && echo 1 || echo 0; }
-had_mount=$(had /run/mount)
-had_dp=$(had /var/lib/kubelet)
-had_varlog=$(had /var/log/containers)
-had_pods_log=$(had /var/log/pods)
-shim_before=$(ls /run/containerd/s 2>/dev/null | sort || true)
+rm -rf "$state.tmp" && mkdir -p "$state.tmp"
+for s in vm.overcommit_memory kernel.panic kernel.panic_on_oops; do echo "$s=$(sysctl -n "$s")"; done >"$state.tmp/sysctls"
+for f in /run/mount /var/lib/kubelet /var/log/containers /var/log/pods; do echo "$f=$(had "$f")"; done >"$state.tmp/had"
+{ ls /run/containerd/s 2>/dev/null || true; } >"$state.tmp/shims"
+echo "$dir" >"$state.tmp/owner"
+rm -rf "$state" && mv "$state.tmp" "$state"
 
 pids=()
 cleanup() {
@@ -82,38 +88,9 @@ cleanup() {
     kill -9 "$p" 2>/dev/null
     wait "$p" 2>/dev/null
   done
-  # Whatever still runs in a Pod cgroup, and the shims serving our socket.
-  for h in "${hierarchies[@]}"; do
-    [ -d "$h/kubepods" ] || continue
-    find "$h/kubepods" -name cgroup.procs -exec cat {} + 2>/dev/null | xargs -r kill -9 2>/dev/null
-  done
-  pkill -9 -f "containerd-shim-runc-v2 .*-address $dir/" 2>/dev/null
-  # Any container process left (its root is a rootfs under DIR).
-  for p in /proc/[0-9]*; do
-    case $(readlink "$p/root" 2>/dev/null) in "$dir"/*) kill -9 "${p#/proc/}" 2>/dev/null ;; esac
-  done
-  sleep 0.3
-  # Mounts under DIR, deepest first (the kubelet bind-mounts its root dir onto itself).
-  for _ in 1 2 3; do
-    awk -v d="$dir/" 'index($2, d) == 1 || $2 == substr(d, 1, length(d) - 1) {print $2}' /proc/self/mounts |
-      sort -r | while read -r m; do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null; done
-  done
-  for h in "${hierarchies[@]}"; do
-    [ -d "$h/kubepods" ] && find "$h/kubepods" -depth -type d -exec rmdir {} + 2>/dev/null
-  done
-  for s in "${sysctls[@]}"; do sysctl -qw "$s=${saved[$s]}" >/dev/null 2>&1; done
-  [ "$had_mount" = 1 ] || rm -rf /run/mount
-  [ "$had_dp" = 1 ] || rm -rf /var/lib/kubelet
-  if [ "$had_varlog" = 1 ]; then
-    find /var/log/containers -maxdepth 1 -type l -lname "$dir/*" -delete 2>/dev/null
-  else
-    rm -rf /var/log/containers
-  fi
-  [ "$had_pods_log" = 1 ] || rm -rf /var/log/pods
-  for s in $(ls /run/containerd/s 2>/dev/null); do
-    grep -qx "$s" <<<"$shim_before" || rm -f "/run/containerd/s/$s"
-  done
-  rmdir /run/containerd/s /run/containerd 2>/dev/null
+  # Whatever still runs from DIR (shims, containers), mounts, cgroups, kernel
+  # settings, files outside DIR: undone from the state saved at the start.
+  REGCRED_RESTORE_WHO=node "$here/restore.sh" --locked
   if kubectl get --raw /readyz >/dev/null 2>&1; then
     kubectl delete pods -A --field-selector "spec.nodeName=$node" --force --grace-period=0 >/dev/null 2>&1
     kubectl delete node "$node" --wait=false >/dev/null 2>&1
@@ -132,10 +109,22 @@ print(*[s.getsockname()[1] for s in socks])
 EOF
 )
 # The kubelet refuses a loopback node IP; without one it would resolve the host
-# name. Use the address of the default-route interface (no traffic goes there:
-# Pods are hostNetwork and everything they reach is on 127.0.0.1).
-dev=$(ip -4 route show default | awk 'NR==1{for (i = 1; i < NF; i++) if ($i == "dev") print $(i + 1)}')
-node_ip=$(ip -4 -o addr show dev "${dev:-lo}" | awk 'NR==1{split($4, a, "/"); print a[1]}')
+# name. The sealed test suite gives it a test address on its namespace's
+# loopback (REGCRED_NODE_IP), which must be local: nothing may go elsewhere.
+# Run by hand (deploy/local/up.sh --node), use the address of the
+# default-route interface (no traffic goes there: Pods are hostNetwork and
+# everything they reach is on 127.0.0.1).
+if [ -n "${REGCRED_NODE_IP:-}" ]; then
+  node_ip=$REGCRED_NODE_IP
+  route=$(ip -4 route get "$node_ip" 2>&1 || true)
+  case $route in
+    local\ *) ;;
+    *) log "REGCRED_NODE_IP=$node_ip is not an address of this host (ip route get: $route)"; exit 1 ;;
+  esac
+else
+  dev=$(ip -4 route show default | awk 'NR==1{for (i = 1; i < NF; i++) if ($i == "dev") print $(i + 1)}')
+  node_ip=$(ip -4 -o addr show dev "${dev:-lo}" | awk 'NR==1{split($4, a, "/"); print a[1]}')
+fi
 [ -n "$node_ip" ] && [ "$node_ip" != 127.0.0.1 ] || { log "no non-loopback IPv4 address for --node-ip"; exit 1; }
 
 mkdir -p "$dir"/{containerd/certs.d,cni/net.d,kubelet/pki,logs/pods,image}

@@ -22,6 +22,8 @@ if [ -z "$bin" ]; then
 fi
 "$root/tests/controlplane/build.sh" >/dev/null
 "$root/tests/peers/install.sh" >/dev/null
-dir=$(mktemp -d "${TMPDIR:-/tmp}/regcred-soak.XXXXXX")
+# Run sealed (tests/seal/sealed.sh; a no-op inside the sealed test suite):
+# only the loopback, and everything the soak starts dies with it.
+exec "$root/tests/seal/sealed.sh" bash -c 'dir=$(mktemp -d "$TMPDIR/regcred-soak.XXXXXX")
 echo "soak: logs in $dir" >&2
-exec python3 "$root/tests/soak/soak.py" --regcred "$bin" --dir "$dir" "$@"
+exec python3 "$0" --dir "$dir" "$@"' "$root/tests/soak/soak.py" --regcred "$bin" "$@"

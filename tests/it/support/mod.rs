@@ -6,9 +6,11 @@ pub mod node;
 pub mod objects;
 pub mod operator;
 pub mod peers;
+pub mod seal;
 
 pub use cluster::*;
 pub use node::*;
 pub use objects::*;
 pub use operator::Operator;
 pub use peers::*;
+pub use seal::*;
