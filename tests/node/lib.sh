@@ -12,8 +12,12 @@ free_dir() { # DIR WHO
     case $(readlink "$p/root" 2>/dev/null) in "$d"/*) kill -9 "${p#/proc/}" 2>/dev/null && killed=$((killed + 1)) ;; esac
   done
   [ "$killed" = 0 ] || { echo "$who: killed $killed processes of $d" >&2; sleep 0.3; }
+  local mounts=0 m
   for _ in 1 2 3; do
-    awk -v d="$d/" 'index($2, d) == 1 || $2 == substr(d, 1, length(d) - 1) {print $2}' /proc/self/mounts |
-      sort -r | while read -r m; do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null; echo "$who: unmounted $m" >&2; done
+    while read -r m; do
+      umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null
+      mounts=$((mounts + 1))
+    done < <(awk -v d="$d/" 'index($2, d) == 1 || $2 == substr(d, 1, length(d) - 1) {print $2}' /proc/self/mounts | sort -r)
   done
+  [ "$mounts" = 0 ] || echo "$who: unmounted $mounts mounts under $d" >&2
 }

@@ -21,13 +21,15 @@ log() { echo "$who: $*" >&2; }
 [ -f "$state/owner" ] || exit 0
 dir=$(cat "$state/owner")
 [ -n "$dir" ] && [ "$dir" != / ] && free_dir "$dir" "$who"
+cgroups=0
 for h in /sys/fs/cgroup/*/; do
   h=${h%/}
   [ -d "$h/kubepods" ] || continue
   find "$h/kubepods" -name cgroup.procs -exec cat {} + 2>/dev/null | xargs -r kill -9 2>/dev/null && sleep 0.2
   find "$h/kubepods" -depth -type d -exec rmdir {} + 2>/dev/null
-  [ -d "$h/kubepods" ] && log "could not remove the cgroup $h/kubepods" || log "removed the cgroup $h/kubepods"
+  if [ -d "$h/kubepods" ]; then log "could not remove the cgroup $h/kubepods"; else cgroups=$((cgroups + 1)); fi
 done
+[ "$cgroups" = 0 ] || log "removed the kubepods cgroup in $cgroups hierarchies"
 if [ -f "$state/sysctls" ]; then
   while IFS='=' read -r name value; do
     [ -n "$name" ] || continue

@@ -5,10 +5,10 @@
 #   tests/node/sweep.sh [--locked]
 #
 # 1. Test runs that were killed (tests/seal/sealed.sh records each run in
-#    /tmp/regcred-run.<pid>; a run that ended writes `finished` there): when
-#    the recorded PID is dead and was recorded from this PID namespace, their
-#    remaining processes are killed, their mounts unmounted and the directory
-#    removed.
+#    /tmp/regcred-run.XXXXXX; a run that ended writes `finished` there): when
+#    the recorded PID is dead (or, seen from outside any run, its PID
+#    namespace is gone), their remaining processes are killed, their mounts
+#    unmounted and the directory removed.
 # 2. A node whose tests/node/up.sh was killed before its teardown: up.sh keeps
 #    what it must restore in $REGCRED_NODE_STATE (default /run/regcred-node),
 #    written once when it starts and removed when its teardown ends. A state
@@ -38,13 +38,23 @@ here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib.sh"
 
 # --- 1. killed runs
+# A run is recorded with its PID as seen from the PID namespace that started
+# it (a sealed run nested in another records the outer run's namespace). From
+# that namespace, its PID tells; from the machine's own (outside any sealed
+# run, where every process is visible), a namespace no process is in any
+# more is gone, with every run recorded from it.
 mypidns=$(readlink /proc/self/ns/pid)
+live_pidns=""
+[ "${REGCRED_SEALED:-}" = 1 ] || live_pidns=$(for p in /proc/[0-9]*; do readlink "$p/ns/pid"; done 2>/dev/null | sort -u)
 for run in /tmp/regcred-run.*; do
   [ -d "$run" ] && [ -f "$run/pid" ] || continue
   [ -e "$run/finished" ] && continue
   read -r pid pidns <"$run/pid" || continue
-  [ "${pidns:-}" = "$mypidns" ] || continue
-  if kill -0 "$pid" 2>/dev/null && grep -qa unshare "/proc/$pid/cmdline" 2>/dev/null; then continue; fi
+  if [ "${pidns:-}" = "$mypidns" ]; then
+    if kill -0 "$pid" 2>/dev/null && grep -qa unshare "/proc/$pid/cmdline" 2>/dev/null; then continue; fi
+  elif [ -z "$live_pidns" ] || grep -qxF -- "${pidns:-}" <<<"$live_pidns"; then
+    continue
+  fi
   free_dir "$run" sweep
   rm -rf --one-file-system "$run"
   log "removed the killed run $run"

@@ -69,10 +69,10 @@ grep -q kubelet <<<"$alive" && grep -q 'containerd-shim' <<<"$alive" && grep -q 
 [ "$before" != "$during" ] || fail "the kubelet changed none of the kernel settings ($during): this check would prove nothing"
 [ -f "$state/owner" ] || fail "the node recorded no state in $state"
 
-kill -9 -- "-$leader"
-wait "$leader" 2>/dev/null || true
+{ kill -9 -- "-$leader"; wait "$leader"; } 2>/dev/null || true
 for _ in $(seq 1 50); do [ -z "$(ours)" ] && break; sleep 0.1; done
-"$root/tests/node/sweep.sh"
+# The sweep as the next node start runs it: once the node lock is free.
+flock -w 60 "$lock" "$root/tests/node/sweep.sh" --locked || fail "the sweep failed, or the lock stayed held"
 
 problems=()
 left=$(ours); [ -z "$left" ] || problems+=("processes left: $left")

@@ -24,9 +24,9 @@
 #   cgroups, kernel sysctls, a few files) is undone by tests/node/up.sh on the
 #   way out and, after a killed run, by tests/node/sweep.sh at the next start.
 # - Offline: CARGO_NET_OFFLINE=true, GOPROXY=off. Fetch and build before.
-# - TMPDIR=/tmp/regcred-run.<pid>: removed when the command succeeds (unless
-#   REGCRED_KEEP_LOGS=1), kept with every log when it fails; a killed run's is
-#   removed by the sweep.
+# - TMPDIR=/tmp/regcred-run.XXXXXX (its file `pid` names the run): removed
+#   when the command succeeds (unless REGCRED_KEEP_LOGS=1), kept with every
+#   log when it fails; a killed run's is removed by tests/node/sweep.sh.
 #
 # Exits with COMMAND's status. Needs root (namespaces). Already sealed
 # (REGCRED_SEALED=1), it runs COMMAND as it is.
@@ -46,8 +46,7 @@ if [ "${REGCRED_SEAL_STAGE:-}" != inside ]; then
   for t in unshare ip mount; do
     command -v "$t" >/dev/null || { echo "sealed: $t is missing (util-linux, iproute2)" >&2; exit 1; }
   done
-  run=/tmp/regcred-run.$$
-  mkdir -p "$run"
+  run=$(mktemp -d /tmp/regcred-run.XXXXXX)
   # $$ is unshare's PID after the exec: the sweep checks it (from the same PID
   # namespace) to tell a live run from a killed one.
   echo "$$ $(readlink /proc/self/ns/pid)" >"$run/pid"
