@@ -258,7 +258,10 @@ pub const BLOCKED_RECHECK: Duration = Duration::minutes(1);
 
 /// The ordered decision:
 /// 0. whatever the rest says, no mint sooner than `min_interval` after the
-///    last attempt (a source answering 1 s lifetimes cannot make a loop);
+///    last attempt (a source answering 1 s lifetimes cannot make a loop),
+///    except a retry after a recorded failure: the backoff paces those, and
+///    fits them in what is left of the credential's life (the interval would
+///    push the second retry after a short outage past the expiry);
 /// 1. a foreign Secret blocks everything;
 /// 2. changed inputs (spec or referenced Secrets) mint now, even during backoff;
 /// 3. within the backoff after a failure, wait;
@@ -268,6 +271,10 @@ pub const BLOCKED_RECHECK: Duration = Duration::minutes(1);
 /// 7. otherwise wait for the renewal instant.
 pub fn decide(now: DateTime<Utc>, o: &Observed) -> Decision {
     let d = decide_unlimited(now, o);
+    let paced_by_backoff = d == Decision::Mint(MintReason::Retry) && o.last_failure.is_some_and(|f| Some(f) >= o.last_attempt);
+    if paced_by_backoff {
+        return d;
+    }
     if let (Decision::Mint(_), Some(last)) = (&d, o.last_attempt) {
         let earliest = add(last, o.min_interval);
         if now < earliest {
@@ -504,6 +511,51 @@ mod tests {
         assert_eq!(decide(now, &r), Decision::Mint(MintReason::RenewRequested));
         r.last_attempt = Some(t(95));
         assert_eq!(decide(now, &r), Decision::WaitUntil(t(105)));
+    }
+
+    #[test]
+    fn retries_after_a_short_outage_fit_in_the_credential_s_life() {
+        // A 30 s credential (issued at 0, renewal due at 15, expiring at 30),
+        // the endpoint down from 15 to 26 (the soak's 10 s outage and a
+        // restart): retries are paced by the backoff, capped by the life
+        // left, not by the 10 s mint interval (which put the third attempt
+        // at 35, after the expiry).
+        let mut o = Observed {
+            secret: SecretState::Ours(OurSecret { intact: true, inputs: Some("g2".into()), not_after: Some(t(30)), renewal_time: Some(t(15)) }),
+            desired_inputs: "g2".into(),
+            attempted_inputs: Some("g2".into()),
+            failed_attempts: 0,
+            last_failure: None,
+            last_attempt: Some(t(0)),
+            min_interval: secs(10),
+            renew_requested: false,
+            seed: 0,
+        };
+        let mut now = t(15);
+        let mut attempts = Vec::new();
+        for _ in 0..20 {
+            match decide(now, &o) {
+                Decision::Mint(_) => {
+                    attempts.push(now);
+                    if now >= t(26) {
+                        break;
+                    }
+                    o.failed_attempts += 1;
+                    o.last_failure = Some(now);
+                    o.last_attempt = Some(now);
+                }
+                Decision::BackOffUntil(at) | Decision::WaitUntil(at) => now = at,
+                d => panic!("{d:?}"),
+            }
+        }
+        let last = *attempts.last().unwrap();
+        assert!(last >= t(26) && last < t(30) - safety_margin(secs(30)), "the retry after the outage came at {last}: {attempts:?}");
+        assert!(attempts.len() <= 7, "{attempts:?}");
+        // A change of inputs after a failure still waits for the interval.
+        o.desired_inputs = "g3".into();
+        o.last_attempt = Some(t(24));
+        o.last_failure = Some(t(24));
+        assert_eq!(decide(t(25), &o), Decision::WaitUntil(t(34)));
     }
 
     #[test]

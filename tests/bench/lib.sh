@@ -19,7 +19,8 @@ bench_build() {
   "$root/tests/peers/install.sh" >/dev/null
 }
 bench_seal() {
-  [ "${REGCRED_SEALED:-}" = 1 ] || exec "$root/tests/seal/sealed.sh" bash "$bench_script" "${bench_args[@]}"
+  # The figures (JSON, logs) stay after a passing run.
+  [ "${REGCRED_SEALED:-}" = 1 ] || REGCRED_KEEP_LOGS=${REGCRED_KEEP_LOGS:-1} exec "$root/tests/seal/sealed.sh" bash "$bench_script" "${bench_args[@]}"
 }
 bench_setup() {
   bench_build

@@ -23,7 +23,8 @@ fi
 "$root/tests/controlplane/build.sh" >/dev/null
 "$root/tests/peers/install.sh" >/dev/null
 # Run sealed (tests/seal/sealed.sh; a no-op inside the sealed test suite):
-# only the loopback, and everything the soak starts dies with it.
-exec "$root/tests/seal/sealed.sh" bash -c 'dir=$(mktemp -d "$TMPDIR/regcred-soak.XXXXXX")
+# only the loopback, and everything the soak starts dies with it. Its logs
+# stay after a passing run too.
+REGCRED_KEEP_LOGS=${REGCRED_KEEP_LOGS:-1} exec "$root/tests/seal/sealed.sh" bash -c 'dir=$(mktemp -d "$TMPDIR/regcred-soak.XXXXXX")
 echo "soak: logs in $dir" >&2
 exec python3 "$0" --dir "$dir" "$@"' "$root/tests/soak/soak.py" --regcred "$bin" "$@"
