@@ -62,7 +62,9 @@ pub struct RunArgs {
 
     /// The least time between two mints of one credential, in seconds,
     /// whatever lifetime its source answers (a source handing out 1-second
-    /// tokens gets a warning condition, not a loop).
+    /// tokens gets a warning condition, not a loop). Retries after a failed
+    /// attempt follow the failure backoff instead (from 5 s, doubling, and
+    /// fitted into what is left of the current credential's life).
     #[arg(long, env = "REGCRED_MIN_MINT_INTERVAL_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=3600))]
     pub min_mint_interval_seconds: u32,
 

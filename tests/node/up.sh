@@ -116,7 +116,7 @@ EOF
 # everything they reach is on 127.0.0.1).
 if [ -n "${REGCRED_NODE_IP:-}" ]; then
   node_ip=$REGCRED_NODE_IP
-  route=$(ip -4 route get "$node_ip" 2>&1 || true)
+  route=$(ip -o -4 route get "$node_ip" 2>&1 || true)
   case $route in
     local\ *) ;;
     *) log "REGCRED_NODE_IP=$node_ip is not an address of this host (ip route get: $route)"; exit 1 ;;
