@@ -99,6 +99,8 @@ done
 touch "$run/finished"
 if [ "$rc" = 0 ] && [ "${REGCRED_KEEP_LOGS:-}" != 1 ]; then
   rm -rf --one-file-system "$run"
+elif [ "$rc" = 0 ]; then
+  echo "sealed: logs kept in $run" >&2
 else
   echo "sealed: exit status $rc; logs kept in $run" >&2
 fi
