@@ -384,23 +384,23 @@ pub async fn mint(args: MintArgs) -> Result<(), CliError> {
     };
     let ns = args.namespace.clone().or_else(|| cr.metadata.namespace.clone()).unwrap_or_else(|| client.default_namespace().to_string());
     let name = cr.metadata.name.clone().unwrap_or_else(|| "local".into());
-    let mut settings = crate::controller::Settings::default();
+    let mut settings = crate::context::Settings::default();
     settings.ecr.endpoint_overrides = vec!["*".into()];
-    let ctx = crate::controller::Context::new(
+    let ctx = crate::context::Context::new(
         client,
         &settings,
         std::sync::Arc::new(crate::metrics::Metrics::default()),
-        std::sync::Arc::new(crate::controller::Progress::new(Duration::from_secs(3600))),
+        std::sync::Arc::new(crate::context::Progress::new(Duration::from_secs(3600))),
     );
-    let who = crate::controller::Minter {
+    let who = crate::attempt::Minter {
         refs_namespace: &ns,
         name: &name,
         cluster_scoped: true,
         seed: crate::schedule::seed(&name),
         secrets_dir: args.secrets_dir.as_deref(),
     };
-    let now = crate::controller::clock();
-    let (minted, renewal) = crate::controller::mint(&ctx, &who, &cr.spec.source, &cr.spec.renewal, now)
+    let now = crate::context::clock();
+    let (minted, renewal) = crate::attempt::mint(&ctx, &who, &cr.spec.source, &cr.spec.renewal, now)
         .await
         .map_err(|e| CliError::Failed(format!("{}: {e}", e.category())))?;
     for e in &minted.entries {

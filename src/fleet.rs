@@ -25,9 +25,9 @@ use kube::{Client, Resource, ResourceExt};
 use tracing::{debug, error, info, warn};
 
 use crate::api::{self, ClusterRegistryCredential, ClusterRegistryCredentialStatus, NamespaceFailure};
-use crate::controller::{
-    contain_panic, has_finalizer, inputs, kube_err, mint, observed, publish_to, redact, secret_state, set_finalizer, Context, Error, Minter,
-};
+use crate::attempt::{inputs, mint, observed, redact, secret_state, Minter, Seen};
+use crate::context::{contain_panic, kube_err, publish_to, Context, Error};
+use crate::finalizer::{has_finalizer, set_finalizer};
 use crate::metrics::CredentialLabels;
 use crate::schedule::{self, Decision, SecretState};
 use crate::secret::{self, Placement, WriteError};
@@ -82,7 +82,7 @@ pub async fn reconcile(ccr: Arc<ClusterRegistryCredential>, ctx: Arc<FleetContex
     // Writing hundreds of namespaces takes longer than one namespace's work.
     let deadline = ctx.base.settings.reconcile_timeout() + Duration::from_secs(120);
     let started = std::time::Instant::now();
-    let work = tracing::Instrument::instrument(tokio::time::timeout(deadline, reconcile_inner(&ccr, &ctx)), crate::controller::reconcile_span("", &ccr.name_any()));
+    let work = tracing::Instrument::instrument(tokio::time::timeout(deadline, reconcile_inner(&ccr, &ctx)), crate::context::reconcile_span("", &ccr.name_any()));
     let result = match contain_panic(work).await {
         Ok(Ok(r)) => r,
         Ok(Err(_)) => Err(Error::Deadline(deadline)),
@@ -139,9 +139,12 @@ async fn reconcile_inner(cached: &ClusterRegistryCredential, ctx: &FleetContext)
     let home = homes.get_opt(&home_secret).await.map_err(kube_err("reading the home Secret"))?;
     let state = secret_state(home.as_ref(), |s| secret::is_controlled_by(&s.metadata, &uid, KIND));
     let refs: Api<Secret> = Api::namespaced(client.clone(), &refs_namespace);
-    let desired_inputs = inputs(generation, &ccr.spec.source, &refs, None).await?;
+    let desired_inputs = inputs(&format!("g{}", generation.unwrap_or(0)), &ccr.spec.source, &refs, None).await?;
     let renew_request = api::pending_renew_request(&ccr.metadata, ccr.status.as_ref().map(|s| &s.credential));
-    let observed = observed(state.clone(), desired_inputs.clone(), &prev, renew_request.as_ref(), base.settings.min_mint_interval, seed);
+    let observed = observed(
+        Seen { secret: state.clone(), desired_inputs: desired_inputs.clone(), prev: &prev, renew_requested: renew_request.is_some(), seed },
+        base.settings.min_mint_interval,
+    );
 
     // decide and act on the credential itself
     let mut credential = prev.clone();
@@ -188,7 +191,7 @@ async fn reconcile_inner(cached: &ClusterRegistryCredential, ctx: &FleetContext)
                         None
                     }
                     Err(WriteError::Conflict | WriteError::Stale) => return Ok(Action::requeue(Duration::from_secs(1))),
-                    Err(e @ WriteError::Rejected { .. }) => Some((reason::SECRET_REJECTED, redact(&e.to_string(), &minted))),
+                    Err(e @ WriteError::Rejected { .. }) => Some((reason::SECRET_REJECTED, redact(&e.to_string(), Some(&minted)))),
                     Err(e) => return Err(e.into()),
                 },
             };

@@ -17,12 +17,12 @@ use crate::metrics::Metrics;
 #[derive(Default)]
 pub struct Health {
     ready: AtomicBool,
-    progress: std::sync::OnceLock<Arc<crate::controller::Progress>>,
+    progress: std::sync::OnceLock<Arc<crate::context::Progress>>,
 }
 
 impl Health {
     /// Let `/healthz` fail while the controller is stalled.
-    pub fn watch(&self, progress: Arc<crate::controller::Progress>) {
+    pub fn watch(&self, progress: Arc<crate::context::Progress>) {
         let _ = self.progress.set(progress);
     }
     pub fn is_stalled(&self) -> bool {

@@ -1,20 +1,44 @@
 //! regcred: a Kubernetes operator that keeps container-registry pull Secrets fresh.
 //!
-//! The module map and the reasons behind it are in the project's DESIGN notes;
-//! in short: `api` (types), `source` (minting), `schedule` (pure time math),
-//! `secret` (rendering and applying the pull Secret), `status`, `controller`.
+//! The module map, in layers; a module uses only modules of the layers
+//! below it (and none of its own layer's above it in this list):
+//!
+//! 1. Foundations: `api` (the CRD types), `schedule` (pure time math and the
+//!    decision), `egress`, `source` (minting from each kind of source),
+//!    `secret` (rendering and writing the pull Secret), `status` (status
+//!    values), `memo` (what regcred remembers of its own writes), `metrics`,
+//!    `telemetry`, `crdgen`.
+//! 2. `context`: settings, the shared state of every reconcile, deadlines,
+//!    the panic backstop, Events.
+//! 3. The parts of a reconcile: `index` (which credentials read which
+//!    Secret), `finalizer`, `revoke` (RFC 7009), `serviceaccounts`,
+//!    `report` (status, Events and metrics of an outcome), `attempt` (decide
+//!    → mint → verify → write), `remediate` (restarting Pods stuck pulling).
+//! 4. Each kind's reconcile and wiring: `credential` (RegistryCredential),
+//!    `fleet` (ClusterRegistryCredential).
+//! 5. `controller` (both kinds wired together), then `http` (health and
+//!    metrics endpoints), `day2` and `cli` (the commands).
+//!
+//! The reasons behind it are in the project's DESIGN notes.
 
 pub mod api;
+pub mod attempt;
 pub mod cli;
+pub mod context;
 pub mod controller;
 pub mod crdgen;
+pub mod credential;
 pub mod day2;
-pub mod fleet;
 pub mod egress;
+pub mod finalizer;
+pub mod fleet;
 pub mod http;
+pub mod index;
 pub mod memo;
 pub mod metrics;
 pub mod remediate;
+pub mod report;
+pub mod revoke;
 pub mod schedule;
 pub mod secret;
 pub mod serviceaccounts;

@@ -4,7 +4,8 @@ use anyhow::Context as _;
 use clap::Parser;
 use kube_lease_manager::LeaseManagerBuilder;
 use regcred::cli::{Cli, Command, RunArgs};
-use regcred::controller::{self, Settings};
+use regcred::context::{Progress, Settings};
+use regcred::controller;
 use regcred::http::Health;
 use regcred::metrics::Metrics;
 use regcred::egress::EgressPolicy;
@@ -74,7 +75,7 @@ async fn run_controller(
     client: kube::Client,
     settings: Settings,
     metrics: Arc<Metrics>,
-    progress: Arc<controller::Progress>,
+    progress: Arc<Progress>,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
     shutdown: watch::Receiver<bool>,
 ) {
@@ -128,7 +129,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     // Stalled: work in flight and nothing finished for longer than any
     // reconcile may take.
-    let progress = Arc::new(controller::Progress::new(settings.reconcile_timeout() + std::time::Duration::from_secs(30)));
+    let progress = Arc::new(Progress::new(settings.reconcile_timeout() + std::time::Duration::from_secs(30)));
     health.watch(progress.clone());
 
     if !args.leader_elect {

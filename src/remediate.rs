@@ -20,7 +20,7 @@ use kube::runtime::events::EventType;
 use kube::Resource;
 use tracing::{info, warn};
 
-use crate::controller::Context;
+use crate::context::Context;
 
 /// Waiting reasons of a container whose image could not be pulled.
 pub const PULL_FAILURES: &[&str] = &["ErrImagePull", "ImagePullBackOff"];
@@ -166,7 +166,7 @@ pub async fn restart_stuck(ctx: &Context, ns: &str, secret: &str) -> Outcome {
                 let note = format!(
                     "Secret {secret} holds a new credential; this Pod has no controller, so regcred does not delete it: it pulls again after the kubelet's back-off, or delete it to retry now"
                 );
-                crate::controller::publish_to(ctx, &pod.object_ref(&()), EventType::Normal, BARE_POD_REASON, Some(note)).await;
+                crate::context::publish_to(ctx, &pod.object_ref(&()), EventType::Normal, BARE_POD_REASON, Some(note)).await;
                 out.notified += 1;
             }
         }

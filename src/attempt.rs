@@ -1,0 +1,299 @@
+//! One attempt, the same for both kinds: what the decision looks at
+//! (inputs fingerprint, the Secret's state, the last attempt), then mint
+//! under one deadline → check → verify → write. Reporting the outcome
+//! (status, Events, metrics) is [`crate::report`]'s; what a kind targets
+//! and how it fans out is its own reconcile's.
+
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::Api;
+
+use crate::api::{self, CredentialSource, Renewal};
+use crate::context::{kube_err, Context, Error};
+use crate::metrics::SourceLabels;
+use crate::schedule::{self, Observed, OurSecret, Policy, SecretState};
+use crate::secret::{self, WriteError};
+use crate::source::{self, Minted, SecretReader, SourceContext, SourceError};
+use crate::status::reason;
+
+/// The kind of source, for metric labels.
+pub fn source_kind(s: &CredentialSource) -> &'static str {
+    if s.ecr.is_some() {
+        "ecr"
+    } else if s.oauth2.is_some() {
+        "oauth2"
+    } else if s.http.is_some() {
+        "http"
+    } else {
+        "basic"
+    }
+}
+
+/// The renewal policy of a credential. Durations are clamped to what the
+/// CRD admits, so an object stored before a bound existed is safe too.
+pub fn policy(renewal: &Renewal, source: &CredentialSource, min_interval: chrono::Duration) -> Result<Policy, SourceError> {
+    let renew_before = renewal
+        .renew_before
+        .as_deref()
+        .map(|d| source::parse_duration("spec.renewBefore", d).map(|d| d.min(schedule::MAX_LIFETIME)))
+        .transpose()?;
+    let refresh_interval = match source.basic.as_ref().and_then(|b| b.refresh_interval.as_deref()) {
+        Some(d) => source::parse_duration("spec.source.basic.refreshInterval", d)?
+            .clamp(schedule::MIN_REFRESH_INTERVAL, schedule::MAX_REFRESH_INTERVAL),
+        None => schedule::DEFAULT_REFRESH_INTERVAL,
+    };
+    Ok(Policy {
+        renew_before,
+        renew_before_percentage: renewal.renew_before_percentage.map(|p| p.clamp(1, 99) as u8),
+        refresh_interval,
+        min_interval,
+    })
+}
+
+/// The spec part of a cluster credential's inputs: only what the minted
+/// credential depends on (source, where its Secrets are, renewal), so
+/// editing `target` or `serviceAccounts` re-targets without a new mint.
+pub fn spec_inputs(source: &CredentialSource, source_namespace: &str, renewal: &Renewal) -> String {
+    let spec = serde_json::json!({"source": source, "sourceNamespace": source_namespace, "renewal": renewal});
+    format!("s{:016x}", schedule::seed(&spec.to_string()))
+}
+
+/// Fingerprint of what a mint depends on: `spec` (the generation, or
+/// [`spec_inputs`]) and the resourceVersion of each referenced Secret
+/// (metadata only; no data read). Versions the Secret watch has seen
+/// (`known`) are used as they are; others are read once and remembered.
+pub async fn inputs(
+    spec: &str,
+    source_spec: &CredentialSource,
+    secrets: &Api<Secret>,
+    known: Option<&crate::memo::Versions>,
+) -> Result<String, Error> {
+    let mut parts = vec![spec.to_string()];
+    let ns = secrets.namespace().unwrap_or_default().to_string();
+    for name in source::referenced_secrets(source_spec) {
+        let seen = known.and_then(|k| k.get(&ns, &name));
+        let rv = match seen {
+            Some(crate::memo::Seen::At(rv)) => rv,
+            _ => {
+                let rv = secrets
+                    .get_metadata_opt(&name)
+                    .await
+                    .map_err(kube_err("reading referenced Secret metadata"))?
+                    .and_then(|m| m.metadata.resource_version);
+                match (rv, known) {
+                    (Some(rv), Some(k)) => {
+                        k.observe(&ns, &name, &rv);
+                        rv
+                    }
+                    (Some(rv), None) => rv,
+                    (None, _) => "missing".into(),
+                }
+            }
+        };
+        parts.push(format!("{name}@{rv}"));
+    }
+    let head: String = spec.chars().take(24).collect();
+    Ok(format!("{head}-{:016x}", schedule::seed(&parts.join(","))))
+}
+
+/// What regcred knows of a Secret it may own.
+pub fn secret_state(existing: Option<&Secret>, ours: impl Fn(&Secret) -> bool) -> SecretState {
+    match existing {
+        None => SecretState::Missing,
+        Some(s) if !ours(s) => SecretState::Foreign,
+        Some(s) => {
+            let a = secret::read_annotations(s);
+            SecretState::Ours(OurSecret { intact: a.intact, inputs: a.inputs, not_after: a.not_after, renewal_time: a.renewal_time })
+        }
+    }
+}
+
+/// The credential's current expiry, when its Secret holds a usable one.
+pub fn current_not_after(state: &SecretState) -> Option<DateTime<Utc>> {
+    match state {
+        SecretState::Ours(s) if s.intact => s.not_after,
+        _ => None,
+    }
+}
+
+/// Everything the schedule's decision looks at: status and the Secret.
+pub struct Seen<'a> {
+    pub secret: SecretState,
+    pub desired_inputs: String,
+    pub prev: &'a api::RegistryCredentialStatus,
+    pub renew_requested: bool,
+    pub seed: u64,
+}
+
+pub fn observed(seen: Seen<'_>, min_interval: chrono::Duration) -> Observed {
+    let prev = seen.prev;
+    Observed {
+        renew_requested: seen.renew_requested,
+        secret: seen.secret,
+        desired_inputs: seen.desired_inputs,
+        attempted_inputs: prev.observed_inputs.clone(),
+        failed_attempts: prev.failed_attempts.max(0) as u32,
+        last_failure: prev.last_failure_time,
+        last_attempt: prev.last_rotation_time.max(prev.last_failure_time),
+        min_interval,
+        seed: seen.seed,
+    }
+}
+
+/// Who is minting: where its referenced Secrets live, its name (for the
+/// AWS session), whether it is cluster-scoped (an admin's object), and its
+/// jitter seed.
+pub struct Minter<'a> {
+    pub refs_namespace: &'a str,
+    pub name: &'a str,
+    pub cluster_scoped: bool,
+    pub seed: u64,
+    /// Read referenced Secrets from this directory instead of the cluster.
+    pub secrets_dir: Option<&'a std::path::Path>,
+}
+
+/// One mint under the deadline: the checked credential and its renewal
+/// instant, or why not. Leaves nothing written.
+pub async fn mint(
+    ctx: &Context,
+    who: &Minter<'_>,
+    source_spec: &CredentialSource,
+    renewal: &Renewal,
+    now: DateTime<Utc>,
+) -> Result<(Minted, schedule::Renewal), SourceError> {
+    let policy = policy(renewal, source_spec, ctx.settings.min_mint_interval)?;
+    let reader = SecretReader::new(ctx.client.clone(), who.refs_namespace);
+    let cx = SourceContext {
+        secrets: match who.secrets_dir {
+            Some(d) => reader.from_dir(d.to_path_buf()),
+            None => reader,
+        },
+        namespace: who.refs_namespace.to_string(),
+        name: who.name.to_string(),
+        cluster_scoped: who.cluster_scoped,
+        now: ctx.now,
+        ecr: ctx.ecr.clone(),
+        net: ctx.settings.net.clone(),
+        policy,
+        seed: who.seed,
+    };
+    let mint_timeout = ctx.settings.mint_timeout;
+    let minted = tokio::time::timeout(mint_timeout, async { source::from_spec(source_spec, cx)?.mint().await })
+        .await
+        .map_err(|_| SourceError::Deadline(format!("the source did not answer within {}s", mint_timeout.as_secs())))??;
+    ctx.metrics.mints.get_or_create(&SourceLabels { source: source_kind(source_spec).into() }).inc();
+    let minted = minted.checked()?;
+    if minted.expires_at.is_some_and(|t| t <= now) {
+        let problem = "the credential had already expired when it arrived".into();
+        return Err(SourceError::InvalidResponse { endpoint: "source".into(), problem });
+    }
+    if let Some(allow_http) = source::verify_settings(source_spec) {
+        // Verify before swap, under what is left of the same deadline.
+        tokio::time::timeout(mint_timeout, source::verify_at_registries(&minted, allow_http, &ctx.settings.net))
+            .await
+            .map_err(|_| SourceError::Deadline(format!("the registries did not answer within {}s", mint_timeout.as_secs())))??;
+    }
+    let renewal = schedule::renewal(minted.issued_at, minted.expires_at, &policy, who.seed);
+    Ok((minted, renewal))
+}
+
+/// Remove every password of `minted` from a message (an API server error
+/// about the Secret should never hold one, but the message is shown to
+/// users, so make sure), and cap it.
+pub fn redact(message: &str, minted: Option<&Minted>) -> String {
+    use secrecy::ExposeSecret;
+    // Redact first, then cut: a cut could split a password and leave part of it.
+    let mut out = message.to_string();
+    for e in minted.iter().flat_map(|m| m.entries.iter()) {
+        let p = e.password.expose_secret();
+        if p.len() >= 4 {
+            out = out.replace(p, "[redacted]");
+        }
+    }
+    out.chars().take(512).collect()
+}
+
+/// Where an attempt writes its Secret.
+pub struct Target<'a> {
+    pub secrets: &'a Api<Secret>,
+    pub name: &'a str,
+    /// What we believe is there (its resourceVersion is the precondition);
+    /// `None`: create.
+    pub existing: Option<ObjectMeta>,
+    /// Is a Secret of that name ours to overwrite?
+    pub ours: &'a (dyn Fn(&Secret) -> bool + Sync),
+    /// The Secret holding a minted credential.
+    pub render: &'a (dyn Fn(&Minted, schedule::Renewal) -> Result<Secret, WriteError> + Sync),
+}
+
+/// What one attempt asks of its source.
+pub struct Request<'a> {
+    pub who: Minter<'a>,
+    pub source: &'a CredentialSource,
+    pub renewal: &'a Renewal,
+    pub now: DateTime<Utc>,
+}
+
+/// How an attempt ended.
+pub enum Outcome {
+    /// A new credential is in the Secret.
+    Rotated { minted: Minted, renewal: schedule::Renewal, written: Secret },
+    /// The source or the API server refused; the Secret is as it was.
+    Failed { reason: &'static str, message: String },
+    /// The Secret changed under us (or someone else's appeared): nothing
+    /// written, nothing to report.
+    Contended,
+}
+
+/// Mint, then write.
+pub async fn attempt(ctx: &Context, req: &Request<'_>, target: &Target<'_>) -> Result<Outcome, Error> {
+    let minted = async {
+        let (minted, renewal) = mint(ctx, &req.who, req.source, req.renewal, req.now).await?;
+        // Empty or oversized: the source's answer is unusable.
+        let desired = (target.render)(&minted, renewal).map_err(|e| SourceError::InvalidResponse { endpoint: "source".into(), problem: e.to_string() })?;
+        Ok::<_, SourceError>((minted, renewal, desired))
+    }
+    .await;
+    let (minted, renewal, desired) = match minted {
+        Ok(v) => v,
+        Err(e) => return Ok(Outcome::Failed { reason: e.category(), message: redact(&e.to_string(), None) }),
+    };
+    match secret::write_over(target.secrets, target.existing.as_ref(), desired).await {
+        Ok(written) => Ok(Outcome::Rotated { minted, renewal, written }),
+        Err(WriteError::Conflict | WriteError::Stale) => Ok(Outcome::Contended),
+        // The API server refused what we wrote (an admission policy, a
+        // quota, a forbidden namespace): a failure like a failed mint.
+        Err(e @ WriteError::Rejected { .. }) => Ok(Outcome::Failed { reason: reason::SECRET_REJECTED, message: redact(&e.to_string(), Some(&minted)) }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_inputs_ignore_the_target() {
+        let src: CredentialSource = serde_json::from_value(serde_json::json!({"basic": {"secretRef": {"name": "s"}, "registries": ["r"]}})).unwrap();
+        let other: CredentialSource = serde_json::from_value(serde_json::json!({"basic": {"secretRef": {"name": "t"}, "registries": ["r"]}})).unwrap();
+        let renewal = Renewal::default();
+        let a = spec_inputs(&src, "home", &renewal);
+        assert_eq!(a, spec_inputs(&src, "home", &renewal), "stable");
+        assert_ne!(a, spec_inputs(&other, "home", &renewal), "the source is an input");
+        assert_ne!(a, spec_inputs(&src, "elsewhere", &renewal), "so is where its Secrets live");
+        let renew_early = Renewal { renew_before_percentage: Some(80), ..Default::default() };
+        assert_ne!(a, spec_inputs(&src, "home", &renew_early), "and the renewal settings");
+    }
+
+    #[test]
+    fn redaction_covers_every_password_and_caps() {
+        let entry = |r: &str, p: &str| source::RegistryAuth { registry: r.into(), username: "u".into(), password: p.to_string().into() };
+        let m = Minted { entries: vec![entry("r1", "hunter2-secret"), entry("r2", "other-pass")], issued_at: Utc::now(), expires_at: None };
+        let msg = format!("refused hunter2-secret and other-pass {}", "x".repeat(1000));
+        let out = redact(&msg, Some(&m));
+        assert!(!out.contains("hunter2") && !out.contains("other-pass"), "{out}");
+        assert_eq!(out.chars().count(), 512);
+    }
+}

@@ -1,0 +1,332 @@
+//! What every reconcile shares: the operator's settings, the API client and
+//! Event recorder, metrics, the caches of our own writes, and what keeps one
+//! tenant from hurting the others (a share of the concurrency per namespace,
+//! a deadline and a panic backstop per reconcile, progress for `/healthz`).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use futures::FutureExt;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::Client;
+use tokio::sync::Semaphore;
+use tracing::warn;
+
+use crate::metrics::Metrics;
+use crate::schedule;
+use crate::secret::WriteError;
+use crate::source::{self, EcrMinter, NetPolicy};
+
+/// Operator settings the reconcile needs.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Watch only this namespace; all namespaces when `None`.
+    pub namespace: Option<String>,
+    /// Reconcile only credentials matching this label selector.
+    pub selector: Option<String>,
+    /// Credentials reconciled at once.
+    pub concurrency: u16,
+    /// Credentials of one namespace reconciled at once.
+    pub namespace_concurrency: u16,
+    /// This replica's name, for Events.
+    pub instance: String,
+    pub ecr: source::EcrSettings,
+    pub net: NetPolicy,
+    /// The least time between two mints of one credential.
+    pub min_mint_interval: chrono::Duration,
+    /// The longest a mint (every request of it) may take.
+    pub mint_timeout: Duration,
+    /// The operator's own namespace: home of ClusterRegistryCredentials'
+    /// Secrets and the default namespace of what their sources read.
+    pub operator_namespace: String,
+    /// Credentials may ask for Pods stuck pulling to be restarted.
+    pub restart_stuck_pods: bool,
+}
+
+impl Settings {
+    /// The longest one reconcile may take: the mint plus room for the API calls.
+    pub fn reconcile_timeout(&self) -> Duration {
+        self.mint_timeout + Duration::from_secs(30)
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            namespace: None,
+            selector: None,
+            concurrency: 32,
+            namespace_concurrency: 8,
+            instance: "regcred".into(),
+            ecr: Default::default(),
+            net: Default::default(),
+            min_mint_interval: schedule::DEFAULT_MIN_MINT_INTERVAL,
+            mint_timeout: Duration::from_secs(60),
+            restart_stuck_pods: false,
+            operator_namespace: "default".into(),
+        }
+    }
+}
+
+/// Reconciles in flight and the last time one finished: a controller with
+/// work in flight and nothing finished for longer than any reconcile may
+/// take is stalled, and `/healthz` says so.
+pub struct Progress {
+    started: Instant,
+    in_flight: AtomicUsize,
+    last_done_ms: AtomicU64,
+    pub stall_after: Duration,
+}
+
+impl Progress {
+    pub fn new(stall_after: Duration) -> Self {
+        Self { started: Instant::now(), in_flight: AtomicUsize::new(0), last_done_ms: AtomicU64::new(0), stall_after }
+    }
+
+    pub(crate) fn begin(self: &Arc<Self>) -> InFlight {
+        if self.in_flight.fetch_add(1, Ordering::SeqCst) == 0 {
+            // Idle until now: the stall clock starts with this reconcile.
+            self.mark_done();
+        }
+        InFlight(self.clone())
+    }
+
+    fn mark_done(&self) {
+        self.last_done_ms.store(self.started.elapsed().as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// Stalled as of `at` (an instant after this was created).
+    pub fn stalled_at(&self, at: Instant) -> bool {
+        let now_ms = at.saturating_duration_since(self.started).as_millis() as u64;
+        let idle = now_ms.saturating_sub(self.last_done_ms.load(Ordering::SeqCst));
+        self.in_flight.load(Ordering::SeqCst) > 0 && idle > self.stall_after.as_millis() as u64
+    }
+
+    pub fn stalled(&self) -> bool {
+        self.stalled_at(Instant::now())
+    }
+}
+
+pub(crate) struct InFlight(Arc<Progress>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.mark_done();
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// How long a reconcile waits for a slot of its namespace before it is
+/// requeued (1–2 s later).
+pub(crate) const NAMESPACE_SLOT_WAIT: Duration = Duration::from_millis(250);
+
+/// A share of the concurrency per namespace: a namespace whose endpoints
+/// hang holds at most its share of the reconcile slots.
+pub(crate) struct NamespaceLimits {
+    per_namespace: usize,
+    slots: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+impl NamespaceLimits {
+    /// A slot of this namespace, waiting at most `wait` for one: a burst of
+    /// quick reconciles in one namespace flows through, while a namespace
+    /// whose reconciles hang sends the rest away after `wait`.
+    pub(crate) async fn acquire(&self, namespace: &str, wait: Duration) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let sem = {
+            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            if slots.len() > 1024 {
+                // Forget idle namespaces so the map does not grow for ever.
+                let max = self.per_namespace;
+                slots.retain(|_, s| Arc::strong_count(s) > 1 || s.available_permits() < max);
+            }
+            slots.entry(namespace.to_string()).or_insert_with(|| Arc::new(Semaphore::new(self.per_namespace))).clone()
+        };
+        match sem.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => tokio::time::timeout(wait, sem.acquire_owned()).await.ok()?.ok(),
+        }
+    }
+}
+
+/// Shared state of all reconciles.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub ecr: EcrMinter,
+    pub now: fn() -> DateTime<Utc>,
+    pub settings: Settings,
+    pub progress: Arc<Progress>,
+    pub(crate) limits: NamespaceLimits,
+    /// Our own writes, to serve reads from the watch caches safely.
+    pub memo: crate::memo::Memo,
+    /// Versions of our Secrets, from their watch.
+    pub owned_versions: crate::memo::Versions,
+    /// Versions of the Secrets sources read, from their watch.
+    pub source_versions: crate::memo::Versions,
+}
+
+impl Context {
+    pub fn new(client: Client, settings: &Settings, metrics: Arc<Metrics>, progress: Arc<Progress>) -> Self {
+        let reporter = Reporter { controller: "regcred".into(), instance: Some(settings.instance.clone()) };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            ecr: EcrMinter::new(client.clone(), settings.ecr.clone()),
+            client,
+            metrics,
+            now: clock,
+            limits: NamespaceLimits { per_namespace: usize::from(settings.namespace_concurrency.max(1)), slots: Mutex::new(HashMap::new()) },
+            settings: settings.clone(),
+            progress,
+            memo: Default::default(),
+            owned_versions: Default::default(),
+            source_versions: Default::default(),
+        }
+    }
+}
+
+/// The wall clock in whole seconds: credentials are treated as issued at the
+/// start of the second they were requested in, so their expiry is never
+/// computed later than it really is, and timestamps stay readable.
+pub fn clock() -> DateTime<Utc> {
+    let t = Utc::now();
+    DateTime::from_timestamp(t.timestamp(), 0).unwrap_or(t)
+}
+
+/// Failures that are not the source's fault: the API server. They are
+/// retried by the controller's error policy.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    // Summarised (status code and reason): a whole kube error can carry a
+    // response body, and some of these responses are Secrets.
+    #[error("{step}: {}", crate::source::summarize_kube_error(source))]
+    Kube { step: &'static str, source: kube::Error },
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    #[error("the reconcile did not finish within {0:?}")]
+    Deadline(Duration),
+}
+
+pub(crate) fn kube_err(step: &'static str) -> impl FnOnce(kube::Error) -> Error {
+    move |source| Error::Kube { step, source }
+}
+
+
+/// Run a future, turning a panic inside it into an `Err` with its message,
+/// so one credential's bug cannot end the process (kube-runtime re-raises
+/// panics from a reconcile).
+pub async fn contain_panic<F: std::future::Future>(f: F) -> Result<F::Output, String> {
+    std::panic::AssertUnwindSafe(f).catch_unwind().await.map_err(|p| {
+        p.downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".into())
+    })
+}
+
+/// How a guarded reconcile ended.
+pub enum Guarded<T> {
+    Done(T),
+    /// The deadline fired first; the work was dropped.
+    Deadline(Duration),
+    /// It panicked, with this message (ours, never secret material).
+    Panicked(String),
+}
+
+/// Run one reconcile's work under its deadline and the panic backstop, in
+/// a span with a trace id, counted for `/healthz` and the duration metric.
+pub async fn guard<T>(ctx: &Context, namespace: &str, name: &str, deadline: Duration, work: impl std::future::Future<Output = T>) -> Guarded<T> {
+    let _in_flight = ctx.progress.begin();
+    let started = Instant::now();
+    let span = reconcile_span(namespace, name);
+    let timed = tracing::Instrument::instrument(tokio::time::timeout(deadline, work), span);
+    let out = match contain_panic(timed).await {
+        Ok(Ok(r)) => Guarded::Done(r),
+        Ok(Err(_)) => Guarded::Deadline(deadline),
+        Err(panic) => Guarded::Panicked(panic),
+    };
+    ctx.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
+    out
+}
+
+/// A span per reconcile with the credential and a trace id, so one rotation
+/// can be followed through the logs (JSON logs carry the span's fields).
+pub fn reconcile_span(namespace: &str, name: &str) -> tracing::Span {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let a = schedule::seed(&format!("{namespace}/{name}/{nanos}/{n}"));
+    let b = schedule::seed(&format!("{n}/{nanos}/{name}/{namespace}"));
+    tracing::info_span!("reconcile", namespace = %namespace, name = %name, trace_id = %format!("{a:016x}{b:016x}"))
+}
+
+/// Publish an Event about any object (notes are capped at 1000 characters).
+pub async fn publish_to(
+    ctx: &Context,
+    about: &k8s_openapi::api::core::v1::ObjectReference,
+    type_: EventType,
+    reason: &str,
+    note: Option<String>,
+) {
+    let ev = Event {
+        type_,
+        reason: reason.into(),
+        note: note.map(|n| n.chars().take(1000).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, about).await {
+        warn!(error = %crate::source::summarize_kube_error(&e), "publishing an Event failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panic_is_contained() {
+        let r = contain_panic(async { panic!("boom in one reconcile") }).await;
+        assert_eq!(r.unwrap_err(), "boom in one reconcile");
+        let r: Result<u32, String> = contain_panic(async { 7 }).await;
+        assert_eq!(r.unwrap(), 7);
+        // chrono's overflow panic (what a hostile lifetime used to cause)
+        let r = contain_panic(async { chrono::DateTime::<Utc>::MAX_UTC + chrono::Duration::seconds(1) }).await;
+        assert!(r.is_err());
+    }
+
+    #[test]
+    fn stall_is_work_in_flight_with_no_progress() {
+        let p = Arc::new(Progress::new(Duration::from_secs(90)));
+        let t0 = Instant::now();
+        assert!(!p.stalled_at(t0 + Duration::from_secs(3600)), "idle is not stalled");
+        let g = p.begin();
+        assert!(!p.stalled_at(Instant::now() + Duration::from_secs(60)));
+        assert!(p.stalled_at(Instant::now() + Duration::from_secs(120)));
+        drop(g);
+        assert!(!p.stalled_at(Instant::now() + Duration::from_secs(120)));
+    }
+
+    #[tokio::test]
+    async fn namespaces_get_a_share() {
+        let l = Arc::new(NamespaceLimits { per_namespace: 2, slots: Mutex::new(HashMap::new()) });
+        let wait = Duration::from_millis(50);
+        let a1 = l.acquire("a", wait).await;
+        let a2 = l.acquire("a", wait).await;
+        assert!(a1.is_some() && a2.is_some());
+        assert!(l.acquire("a", wait).await.is_none(), "a third slot for namespace a");
+        assert!(l.acquire("b", wait).await.is_some(), "namespace b is not held up by a");
+        drop(a1);
+        assert!(l.acquire("a", wait).await.is_some());
+        // A slot freed while waiting is taken (a burst of quick reconciles flows).
+        let (l2, a3) = (l.clone(), l.acquire("a", wait).await);
+        let waiter = tokio::spawn(async move { l2.acquire("a", Duration::from_secs(5)).await.is_some() });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(a3);
+        assert!(waiter.await.unwrap());
+        drop(a2);
+    }
+}

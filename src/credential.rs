@@ -1,0 +1,516 @@
+//! RegistryCredential, the namespaced kind: its reconcile (what it targets:
+//! one Secret in its own namespace, read through the caches of our own
+//! writes; then the shared [`crate::attempt`] and [`crate::report`]; then the
+//! follow-ups: revocation, ServiceAccounts, stuck Pods) and its wiring.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, PartialObjectMeta};
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::watcher::{self, watcher};
+use kube::runtime::WatchStreamExt;
+use kube::{Resource, ResourceExt};
+use secrecy::SecretString;
+use tracing::{debug, error, info, warn};
+
+use crate::api::{self, RegistryCredential, RegistryCredentialStatus};
+use crate::attempt::{self, Minter, Outcome, Request, Seen, Target};
+use crate::context::{guard, kube_err, Context, Error, Guarded, NAMESPACE_SLOT_WAIT};
+use crate::finalizer::{has_finalizer, set_finalizer};
+use crate::index::ReferenceIndex;
+use crate::memo::Cached;
+use crate::metrics::CredentialLabels;
+use crate::report::{self, Subject};
+use crate::revoke::{self, RevokeTask};
+use crate::schedule::{self, Decision, SecretState};
+use crate::secret;
+use crate::serviceaccounts;
+use crate::status::reason;
+
+pub async fn reconcile(cr: Arc<RegistryCredential>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let (ns, name) = (cr.namespace().unwrap_or_default(), cr.name_any());
+    // A namespace gets its share of the slots and no more; waiting long for
+    // one here would hold a global slot, so after a short wait come back later.
+    let Some(_slot) = ctx.limits.acquire(&ns, NAMESPACE_SLOT_WAIT).await else {
+        let jitter = schedule::seed(&name) % 1000;
+        return Ok(Action::requeue(Duration::from_millis(1000 + jitter)));
+    };
+    match guard(&ctx, &ns, &name, ctx.settings.reconcile_timeout(), reconcile_inner(&cr, &ctx)).await {
+        Guarded::Done(r) => r,
+        Guarded::Deadline(d) => Err(Error::Deadline(d)),
+        Guarded::Panicked(panic) => {
+            // The panic message is ours (never secret material), but keep it in the log only.
+            error!(namespace = %ns, name = %name, panic = %panic, "a reconcile panicked; the credential is failed and retried");
+            let message = "an internal error stopped this reconcile (see the operator log); retrying with backoff".to_string();
+            stopped(&ctx, &cr, reason::INTERNAL_ERROR, message).await
+        }
+    }
+}
+
+fn subject(cr: &RegistryCredential) -> Subject {
+    Subject {
+        about: cr.object_ref(&()),
+        labels: CredentialLabels { namespace: cr.namespace().unwrap_or_default(), name: cr.name_any() },
+        generation: cr.metadata.generation,
+        seed: schedule::seed(cr.metadata.uid.as_deref().unwrap_or_default()),
+        secret_name: cr.secret_name(),
+    }
+}
+
+/// A reconcile that was stopped by a panic: the credential is read again
+/// and failed (Ready=False, InternalError), so status, backoff and metrics
+/// show it; the process carries on.
+async fn stopped(ctx: &Context, cached: &RegistryCredential, why: &'static str, message: String) -> Result<Action, Error> {
+    let crs: Api<RegistryCredential> = Api::namespaced(ctx.client.clone(), &cached.namespace().unwrap_or_default());
+    let Some(cr) = crs.get_opt(&cached.name_any()).await.map_err(kube_err("reading the RegistryCredential"))? else {
+        return Ok(Action::await_change());
+    };
+    let prev = cr.status.clone().unwrap_or_default();
+    let inputs = prev.observed_inputs.clone().unwrap_or_default();
+    let s = subject(&cr);
+    ctx.metrics.seen(&s.labels);
+    record_failure(ctx, &cr, &s, &prev, &inputs, why, message, None).await
+}
+
+/// Fail one attempt: status (then the backoff paces the retry), Event, metrics.
+#[allow(clippy::too_many_arguments)]
+async fn record_failure(
+    ctx: &Context,
+    cr: &RegistryCredential,
+    s: &Subject,
+    prev: &RegistryCredentialStatus,
+    inputs: &str,
+    why: &'static str,
+    message: String,
+    current_not_after: Option<DateTime<Utc>>,
+) -> Result<Action, Error> {
+    let now = (ctx.now)();
+    let (st, retry_at) = report::failed(ctx, s, prev, inputs, why, message, current_not_after, now).await;
+    write_status(ctx, cr, &st).await?;
+    Ok(Action::requeue(schedule::requeue_after(now, retry_at)))
+}
+
+/// Apply the status and remember the version it produced (see [`crate::memo`]).
+async fn write_status(ctx: &Context, cr: &RegistryCredential, st: &RegistryCredentialStatus) -> Result<(), Error> {
+    let ns = cr.namespace().unwrap_or_default();
+    let crs: Api<RegistryCredential> = Api::namespaced(ctx.client.clone(), &ns);
+    let rv = crate::status::patch(&crs, cr, st).await.map_err(kube_err("writing status"))?;
+    ctx.memo.status_written(&ns, &cr.name_any(), rv);
+    Ok(())
+}
+
+/// What the decision is made from.
+struct Gathered {
+    state: SecretState,
+    /// The whole Secret, when it was read.
+    existing: Option<Secret>,
+    /// Its metadata, when known (from a read or our own last write).
+    meta: Option<ObjectMeta>,
+    inputs: String,
+    renew_request: Option<String>,
+}
+
+async fn reconcile_inner(cached: &RegistryCredential, ctx: &Context) -> Result<Action, Error> {
+    let fresh;
+    let cr = match fresh_enough(ctx, cached).await? {
+        Fresh::Cached => cached,
+        Fresh::Read(f) => {
+            fresh = f;
+            &fresh
+        }
+        Fresh::Done(action) => return Ok(action),
+    };
+    if let Some(action) = finalize(ctx, cr).await? {
+        return Ok(action);
+    }
+    let s = subject(cr);
+    ctx.metrics.seen(&s.labels);
+    let now = (ctx.now)();
+    let g = gather(ctx, cr).await?;
+    let prev = cr.status.clone().unwrap_or_default();
+    let seen = Seen {
+        secret: g.state.clone(),
+        desired_inputs: g.inputs.clone(),
+        prev: &prev,
+        renew_requested: g.renew_request.is_some(),
+        seed: s.seed,
+    };
+    match schedule::decide(now, &attempt::observed(seen, ctx.settings.min_mint_interval)) {
+        Decision::Blocked => {
+            let st = report::blocked(ctx, &s, &prev, now).await;
+            write_status(ctx, cr, &st).await?;
+            Ok(Action::requeue(schedule::requeue_after(now, schedule::add(now, schedule::BLOCKED_RECHECK))))
+        }
+        Decision::WaitUntil(at) | Decision::BackOffUntil(at) => {
+            debug!(namespace = %s.labels.namespace, name = %s.labels.name, until = %at, "nothing to do yet");
+            report::waiting(ctx, &s, &prev, &g.state, at);
+            if matches!(&g.state, SecretState::Ours(o) if o.intact) {
+                sync_accounts(ctx, cr, &s, prev).await?;
+            }
+            Ok(Action::requeue(schedule::requeue_after(now, at)))
+        }
+        Decision::Mint(why) => {
+            info!(namespace = %s.labels.namespace, name = %s.labels.name, reason = ?why, "minting");
+            rotate(ctx, cr, &s, prev, g, now).await
+        }
+    }
+}
+
+enum Fresh {
+    Cached,
+    Read(RegistryCredential),
+    Done(Action),
+}
+
+/// The cached credential unless it may be older than our own last status
+/// write (a reconcile that saw the old status would mint a second time);
+/// then, and once for credentials from the initial list, read it.
+async fn fresh_enough(ctx: &Context, cached: &RegistryCredential) -> Result<Fresh, Error> {
+    let (ns, name) = (cached.namespace().unwrap_or_default(), cached.name_any());
+    match ctx.memo.cached(&ns, &name, cached.metadata.resource_version.as_deref()) {
+        Cached::Use => Ok(Fresh::Cached),
+        // The watch event of our own status write triggers the next
+        // reconcile; a requeue covers the case where none comes.
+        Cached::AwaitOwnWrite => Ok(Fresh::Done(Action::requeue(Duration::from_secs(5)))),
+        Cached::Read => {
+            let crs: Api<RegistryCredential> = Api::namespaced(ctx.client.clone(), &ns);
+            let Some(f) = crs.get_opt(&name).await.map_err(kube_err("reading the RegistryCredential"))? else {
+                return Ok(Fresh::Done(Action::await_change()));
+            };
+            ctx.memo.read(&ns, &name);
+            Ok(Fresh::Read(f))
+        }
+    }
+}
+
+/// The finalizer's part: present while ServiceAccount entries or a token
+/// to revoke on deletion may exist; on deletion, clean those up (the owner
+/// reference lets garbage collection take the Secret). `Some` when the
+/// reconcile ends here.
+async fn finalize(ctx: &Context, cr: &RegistryCredential) -> Result<Option<Action>, Error> {
+    let ns = cr.namespace().unwrap_or_default();
+    let crs: Api<RegistryCredential> = Api::namespaced(ctx.client.clone(), &ns);
+    let revocation = revoke::settings(&cr.spec.source);
+    let needs = cr.spec.service_accounts.is_some() || revocation.on_delete == Some(true);
+    let deleting = cr.metadata.deletion_timestamp.is_some();
+    if !deleting && !(has_finalizer(cr) && !needs) {
+        if needs && !has_finalizer(cr) {
+            // Before the first entry is added (or token minted): they must be
+            // removable (revocable) when the credential goes.
+            set_finalizer(&crs, cr, true).await.map_err(kube_err("adding the finalizer"))?;
+        }
+        return Ok(None);
+    }
+    if deleting && has_finalizer(cr) && revocation.on_delete == Some(true) {
+        // One attempt: deletion is not held up.
+        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+        let current = secrets.get_opt(&cr.secret_name()).await.ok().flatten().filter(|s| secret::is_ours(s, cr));
+        if let Some(token) = current.as_ref().and_then(secret::password_of) {
+            let labels = (ns.clone(), cr.name_any());
+            RevokeTask::new(ctx, &cr.spec.source, &ns, cr.object_ref(&()), labels).run(SecretString::from(token), 1).await;
+        }
+    }
+    if has_finalizer(cr) {
+        let accounts = list_accounts(ctx, &ns).await?;
+        serviceaccounts::sync_namespace(&ctx.client, &ns, &accounts, &cr.secret_name(), None)
+            .await
+            .map_err(kube_err("removing ServiceAccount entries"))?;
+        set_finalizer(&crs, cr, false).await.map_err(kube_err("removing the finalizer"))?;
+    }
+    Ok(Some(Action::await_change()))
+}
+
+/// The Secret as we last wrote it while the watch has seen no other
+/// version; else (and when the replaced token must be revoked) read it.
+async fn gather(ctx: &Context, cr: &RegistryCredential) -> Result<Gathered, Error> {
+    let (ns, name, secret_name) = (cr.namespace().unwrap_or_default(), cr.name_any(), cr.secret_name());
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let read_whole = revoke::settings(&cr.spec.source).on_rotation == Some(true);
+    let known = if read_whole { None } else { ctx.memo.secret(&ns, &name, &secret_name, ctx.owned_versions.get(&ns, &secret_name)) };
+    let (state, existing, meta) = match known {
+        Some((rv, state)) => (state, None, Some(ObjectMeta { resource_version: Some(rv), ..Default::default() })),
+        // A credential whose Secret our watch has never seen (a new one):
+        // create it without reading first. A Secret that is there after all
+        // (not ours, or not yet seen) fails the create with a conflict, and
+        // the attempt reads it.
+        None if !read_whole && ctx.owned_versions.never_seen(&ns, &secret_name) => (SecretState::Missing, None, None),
+        None => {
+            let existing = secrets.get_opt(&secret_name).await.map_err(kube_err("reading the target Secret"))?;
+            let state = attempt::secret_state(existing.as_ref(), |s| secret::is_ours(s, cr));
+            let meta = existing.as_ref().map(|s| s.metadata.clone());
+            (state, existing, meta)
+        }
+    };
+    let spec = format!("g{}", cr.metadata.generation.unwrap_or(0));
+    let inputs = attempt::inputs(&spec, &cr.spec.source, &secrets, Some(&ctx.source_versions)).await?;
+    let renew_request = api::pending_renew_request(&cr.metadata, cr.status.as_ref());
+    Ok(Gathered { state, existing, meta, inputs, renew_request })
+}
+
+/// The shared attempt for this credential's Secret, then the report and
+/// the follow-ups.
+async fn rotate(
+    ctx: &Context,
+    cr: &RegistryCredential,
+    s: &Subject,
+    mut prev: RegistryCredentialStatus,
+    g: Gathered,
+    now: DateTime<Utc>,
+) -> Result<Action, Error> {
+    let (ns, name, secret_name) = (cr.namespace().unwrap_or_default(), cr.name_any(), cr.secret_name());
+    // A renew request is served by this attempt, whatever its outcome.
+    if g.renew_request.is_some() {
+        prev.renew_request_served = g.renew_request.clone();
+    }
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let ours = |x: &Secret| secret::is_ours(x, cr);
+    let render = |m: &crate::source::Minted, r: schedule::Renewal| secret::desired(cr, m, &g.inputs, r.at);
+    let target = Target { secrets: &secrets, name: &secret_name, existing: g.meta.clone(), ours: &ours, render: &render };
+    let who = Minter { refs_namespace: &ns, name: &name, cluster_scoped: false, seed: s.seed, secrets_dir: None };
+    let req = Request { who, source: &cr.spec.source, renewal: &cr.spec.renewal, now };
+    let (minted, renewal, written) = match attempt::attempt(ctx, &req, &target).await? {
+        Outcome::Rotated { minted, renewal, written } => (minted, renewal, written),
+        Outcome::Failed { reason, message } => {
+            let not_after = attempt::current_not_after(&g.state);
+            return record_failure(ctx, cr, s, &prev, &g.inputs, reason, message, not_after).await;
+        }
+        Outcome::Contended => {
+            // What we thought of the Secret was wrong: read it next time
+            // (the marker is replaced by the watch's next sight of it).
+            ctx.memo.forget_secret(&ns, &name);
+            ctx.owned_versions.deleted(&ns, &secret_name);
+            return Ok(Action::requeue(Duration::from_secs(1)));
+        }
+    };
+    let state = attempt::secret_state(Some(&written), |x| secret::is_ours(x, cr));
+    ctx.memo.secret_written(&ns, &name, &secret_name, written.metadata.resource_version.clone(), state);
+    let st = report::rotated(ctx, s, &prev, &g.inputs, &minted, &renewal, now).await;
+    write_status(ctx, cr, &st).await?;
+    let revocation = revoke::settings(&cr.spec.source);
+    if revocation.on_rotation == Some(true) {
+        let previous = g.existing.as_ref().filter(|x| secret::is_ours(x, cr)).and_then(secret::password_of);
+        if let Some(token) = revoke::replaced(previous, &minted) {
+            RevokeTask::new(ctx, &cr.spec.source, &ns, cr.object_ref(&()), (ns.clone(), name.clone())).spawn_after(token, revoke::delay(&revocation));
+        }
+    }
+    let st = sync_accounts(ctx, cr, s, st).await?;
+    restart_stuck(ctx, cr, s, st).await?;
+    Ok(Action::requeue(schedule::requeue_after((ctx.now)(), renewal.at)))
+}
+
+/// Bring the namespace's ServiceAccounts in line with `spec.serviceAccounts`.
+async fn sync_accounts(ctx: &Context, cr: &RegistryCredential, s: &Subject, st: RegistryCredentialStatus) -> Result<RegistryCredentialStatus, Error> {
+    let Some(selection) = cr.spec.service_accounts.as_ref() else { return Ok(st) };
+    let accounts = list_accounts(ctx, &s.labels.namespace).await?;
+    serviceaccounts::sync_namespace(&ctx.client, &s.labels.namespace, &accounts, &s.secret_name, Some(selection))
+        .await
+        .map_err(kube_err("updating ServiceAccounts"))?;
+    Ok(st)
+}
+
+async fn list_accounts(ctx: &Context, ns: &str) -> Result<Vec<ServiceAccount>, Error> {
+    let api: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), ns);
+    Ok(api.list(&Default::default()).await.map_err(kube_err("listing ServiceAccounts"))?.items)
+}
+
+/// After the ServiceAccounts (a recreated Pod gets the Secret from its
+/// ServiceAccount at admission): restart Pods stuck pulling, when allowed.
+async fn restart_stuck(ctx: &Context, cr: &RegistryCredential, s: &Subject, mut st: RegistryCredentialStatus) -> Result<(), Error> {
+    if !(ctx.settings.restart_stuck_pods && cr.spec.restart_stuck_pods == Some(true)) {
+        return Ok(());
+    }
+    let l = &s.labels;
+    let outcome = crate::remediate::restart_stuck(ctx, &l.namespace, &s.secret_name).await;
+    if outcome.is_empty() {
+        return Ok(());
+    }
+    for (result, n) in crate::metrics::POD_RESTART_RESULTS.iter().zip([outcome.evicted, outcome.blocked, outcome.notified, outcome.failed]) {
+        if n > 0 {
+            let pl = crate::metrics::PodRestartLabels { namespace: l.namespace.clone(), name: l.name.clone(), result: result.to_string() };
+            ctx.metrics.pod_restarts.get_or_create(&pl).inc_by(u64::from(n));
+        }
+    }
+    st.restarted_pods = Some(i32::try_from(outcome.evicted).unwrap_or(i32::MAX));
+    write_status(ctx, cr, &st).await?;
+    let summary = outcome.summary(&s.secret_name);
+    info!(namespace = %l.namespace, name = %l.name, "{summary}");
+    s.event(ctx, EventType::Normal, crate::remediate::RESTARTED_REASON, summary).await;
+    Ok(())
+}
+
+pub fn error_policy(cr: Arc<RegistryCredential>, err: &Error, _ctx: Arc<Context>) -> Action {
+    warn!(namespace = ?cr.namespace(), name = %cr.name_any(), error = %err, "reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// Run the RegistryCredential controller until `shutdown` resolves.
+pub async fn run(ctx: Arc<Context>, index: Arc<ReferenceIndex>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
+    let client = ctx.client.clone();
+    let settings = ctx.settings.clone();
+    // Secrets are watched as metadata only (`PartialObjectMeta`): their data
+    // never reaches this process except when a source reads one to mint.
+    let (crs, secrets): (Api<RegistryCredential>, Api<PartialObjectMeta<Secret>>) = match &settings.namespace {
+        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let (reader, writer) = reflector::store();
+    let cr_stream = credential_stream(&ctx, crs, &settings, writer, reader.clone(), index.clone());
+    let owned = owned_stream(&ctx, secrets.clone());
+    let referenced = referenced_stream(&ctx, secrets, index.clone());
+    // ServiceAccounts (metadata): one created or relabelled gets the
+    // entries of the credentials of its namespace that select accounts.
+    let accounts: Api<PartialObjectMeta<ServiceAccount>> = match &settings.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let sa_stream = watcher(accounts, watcher::Config::default()).default_backoff().touched_objects();
+    let selecting = reader.clone();
+    Controller::for_stream(cr_stream, reader)
+        .owns_stream(owned)
+        .watches_stream(referenced, move |s| referencing(&index, &s))
+        .watches_stream(sa_stream, move |sa| {
+            let ns = sa.metadata.namespace.clone().unwrap_or_default();
+            selecting
+                .state()
+                .iter()
+                .filter(|cr| cr.metadata.namespace.as_deref() == Some(ns.as_str()) && cr.spec.service_accounts.is_some())
+                .map(|cr| ObjectRef::from_obj(cr.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .with_config(ControllerConfig::default().concurrency(settings.concurrency))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                debug!(error = %e, "reconcile error");
+            }
+        })
+        .await;
+}
+
+/// The credentials, reflected into `writer`, kept in the reference index
+/// and the memo, their metric series dropped with them.
+fn credential_stream(
+    ctx: &Arc<Context>,
+    crs: Api<RegistryCredential>,
+    settings: &crate::context::Settings,
+    writer: reflector::store::Writer<RegistryCredential>,
+    live: Store<RegistryCredential>,
+    index: Arc<ReferenceIndex>,
+) -> impl futures::Stream<Item = Result<RegistryCredential, watcher::Error>> + Send + 'static {
+    let mut config = watcher::Config::default();
+    if let Some(sel) = &settings.selector {
+        config = config.labels(sel);
+    }
+    let ctx = ctx.clone();
+    let idx = index.clone();
+    let set = move |cr: &RegistryCredential| {
+        let ns = cr.namespace().unwrap_or_default();
+        idx.set((ns.clone(), cr.name_any()), &ns, crate::source::referenced_secrets(&cr.spec.source));
+    };
+    watcher(crs, config)
+        .default_backoff()
+        .modify(|cr| {
+            cr.managed_fields_mut().clear();
+        })
+        .reflect(writer)
+        .inspect(move |ev| match ev {
+            Ok(watcher::Event::Apply(cr)) => set(cr),
+            Ok(watcher::Event::InitApply(cr)) => {
+                set(cr);
+                ctx.memo.listed(&cr.namespace().unwrap_or_default(), &cr.name_any());
+            }
+            Ok(watcher::Event::Delete(cr)) => {
+                let key = (cr.namespace().unwrap_or_default(), cr.name_any());
+                index.remove(&key);
+                ctx.metrics.forget(&key.0, &key.1);
+                ctx.memo.forget(&key.0, &key.1);
+            }
+            Ok(watcher::Event::Init) => index.clear(),
+            // After a relist, credentials deleted while the watch was down
+            // are simply absent: drop their series too.
+            Ok(watcher::Event::InitDone) => ctx.metrics.retain_only(&live_keys(&live), false),
+            Err(_) => {}
+        })
+        .touched_objects()
+}
+
+/// Our Secrets only, by label, metadata only: edits and deletions trigger a
+/// repair. Their versions are remembered (not the objects), so a reconcile
+/// knows whether the Secret is still exactly what it wrote (see crate::memo).
+fn owned_stream(ctx: &Arc<Context>, secrets: Api<PartialObjectMeta<Secret>>) -> impl futures::Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> + Send + 'static {
+    let managed = format!("{}={}", api::MANAGED_BY_LABEL, api::MANAGED_BY_VALUE);
+    let seen = ctx.clone();
+    watcher(secrets, watcher::Config::default().labels(&managed))
+        .default_backoff()
+        .inspect(move |ev| match ev {
+            Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s)) => {
+                if let (Some(ns), Some(name), Some(rv)) = (&s.metadata.namespace, &s.metadata.name, &s.metadata.resource_version) {
+                    seen.owned_versions.observe(ns, name, rv);
+                }
+            }
+            Ok(watcher::Event::Delete(s)) => {
+                if let (Some(ns), Some(name)) = (&s.metadata.namespace, &s.metadata.name) {
+                    seen.owned_versions.deleted(ns, name);
+                }
+            }
+            // A relist: deletions while the watch was down show only as
+            // absences, so what we remember of our Secrets is read again.
+            Ok(watcher::Event::Init) => {
+                seen.owned_versions.set_synced(false);
+                seen.memo.clear_secrets();
+            }
+            Ok(watcher::Event::InitDone) => seen.owned_versions.set_synced(true),
+            _ => {}
+        })
+        .touched_objects()
+}
+
+/// Secrets the sources read: metadata only, mapped to the credentials that
+/// name them through the index; the versions of those a credential names
+/// are remembered (for the inputs fingerprint).
+fn referenced_stream(
+    ctx: &Arc<Context>,
+    secrets: Api<PartialObjectMeta<Secret>>,
+    refs: Arc<ReferenceIndex>,
+) -> impl futures::Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> + Send + 'static {
+    let sources = ctx.clone();
+    let not_ours = format!("{}!={}", api::MANAGED_BY_LABEL, api::MANAGED_BY_VALUE);
+    watcher(secrets, watcher::Config::default().labels(&not_ours))
+        .default_backoff()
+        .inspect(move |ev| match ev {
+            Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s)) => {
+                let (Some(ns), Some(name), Some(rv)) = (&s.metadata.namespace, &s.metadata.name, &s.metadata.resource_version) else { return };
+                if sources.source_versions.contains(ns, name) || !refs.lookup(ns, name).is_empty() {
+                    sources.source_versions.observe(ns, name, rv);
+                }
+            }
+            Ok(watcher::Event::Delete(s)) => {
+                if let (Some(ns), Some(name)) = (&s.metadata.namespace, &s.metadata.name) {
+                    sources.source_versions.forget(ns, name);
+                }
+            }
+            Ok(watcher::Event::Init) => sources.source_versions.clear(),
+            _ => {}
+        })
+        .touched_objects()
+}
+
+fn live_keys(store: &Store<RegistryCredential>) -> Vec<(String, String)> {
+    store.state().iter().map(|cr| (cr.namespace().unwrap_or_default(), cr.name_any())).collect()
+}
+
+/// Credentials that reference a Secret by name, in its namespace.
+fn referencing(index: &ReferenceIndex, secret: &PartialObjectMeta<Secret>) -> Vec<ObjectRef<RegistryCredential>> {
+    let (Some(ns), Some(name)) = (secret.metadata.namespace.as_deref(), secret.metadata.name.as_deref()) else {
+        return Vec::new();
+    };
+    index.lookup(ns, name).into_iter().map(|(_, cr)| ObjectRef::new(&cr).within(ns)).collect()
+}
