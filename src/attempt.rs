@@ -52,17 +52,8 @@ pub fn policy(renewal: &Renewal, source: &CredentialSource, min_interval: chrono
     })
 }
 
-/// The spec part of a cluster credential's inputs: only what the minted
-/// credential depends on (source, where its Secrets are, renewal), so
-/// editing `target` or `serviceAccounts` re-targets without a new mint.
-pub fn spec_inputs(source: &CredentialSource, source_namespace: &str, renewal: &Renewal) -> String {
-    let spec = serde_json::json!({"source": source, "sourceNamespace": source_namespace, "renewal": renewal});
-    format!("s{:016x}", schedule::seed(&spec.to_string()))
-}
-
-/// Fingerprint of what a mint depends on: `spec` (the generation, or
-/// [`spec_inputs`]) and the resourceVersion of each referenced Secret
-/// (metadata only; no data read). Versions the Secret watch has seen
+/// Fingerprint of what a mint depends on: `spec` (the generation) and the
+/// resourceVersion of each referenced Secret (metadata only; no data read). Versions the Secret watch has seen
 /// (`known`) are used as they are; others are read once and remembered.
 pub async fn inputs(
     spec: &str,
@@ -273,19 +264,6 @@ pub async fn attempt(ctx: &Context, req: &Request<'_>, target: &Target<'_>) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cluster_inputs_ignore_the_target() {
-        let src: CredentialSource = serde_json::from_value(serde_json::json!({"basic": {"secretRef": {"name": "s"}, "registries": ["r"]}})).unwrap();
-        let other: CredentialSource = serde_json::from_value(serde_json::json!({"basic": {"secretRef": {"name": "t"}, "registries": ["r"]}})).unwrap();
-        let renewal = Renewal::default();
-        let a = spec_inputs(&src, "home", &renewal);
-        assert_eq!(a, spec_inputs(&src, "home", &renewal), "stable");
-        assert_ne!(a, spec_inputs(&other, "home", &renewal), "the source is an input");
-        assert_ne!(a, spec_inputs(&src, "elsewhere", &renewal), "so is where its Secrets live");
-        let renew_early = Renewal { renew_before_percentage: Some(80), ..Default::default() };
-        assert_ne!(a, spec_inputs(&src, "home", &renew_early), "and the renewal settings");
-    }
 
     #[test]
     fn redaction_covers_every_password_and_caps() {

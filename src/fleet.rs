@@ -3,16 +3,18 @@
 //! ServiceAccounts are watched), and clean on the way out.
 //!
 //! The current credential lives in a *home* Secret in the operator's
-//! namespace (owned by the credential): the schedule decides from it exactly
-//! as for a namespaced credential, and every target namespace gets a copy of
-//! it, so a namespace created later gets the current credential without a
-//! new mint. Secrets in target namespaces carry a controller owner reference
+//! namespace (owned by the credential): the shared [`crate::attempt`]
+//! decides from it and writes it, and [`crate::report`] reports the outcome,
+//! exactly as for a namespaced credential; every target namespace gets a
+//! copy of it, so a namespace created later gets the current credential
+//! without a new mint. Secrets in target namespaces carry a controller owner reference
 //! to the cluster-scoped credential, so deleting it collects them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use kube::api::{Api, Patch, PatchParams, PartialObjectMeta};
@@ -24,16 +26,16 @@ use kube::runtime::WatchStreamExt;
 use kube::{Client, Resource, ResourceExt};
 use tracing::{debug, error, info, warn};
 
-use crate::api::{self, ClusterRegistryCredential, ClusterRegistryCredentialStatus, NamespaceFailure};
-use crate::attempt::{inputs, mint, observed, redact, secret_state, Minter, Seen};
-use crate::context::{contain_panic, kube_err, publish_to, Context, Error};
+use crate::api::{self, ClusterRegistryCredential, ClusterRegistryCredentialStatus, NamespaceFailure, RegistryCredentialStatus};
+use crate::attempt::{self, Minter, Outcome, Request, Seen, Target};
+use crate::context::{guard, kube_err, publish_to, Context, Error, Guarded};
 use crate::finalizer::{has_finalizer, set_finalizer};
 use crate::metrics::CredentialLabels;
-use crate::schedule::{self, Decision, SecretState};
+use crate::report::{self, Subject};
+use crate::schedule::{self, Decision};
 use crate::secret::{self, Placement, WriteError};
-use crate::source::SourceError;
-use crate::status::{self, reason};
 use crate::serviceaccounts;
+use crate::status::reason;
 
 const KIND: &str = "ClusterRegistryCredential";
 /// Failures listed in status; the rest are only counted.
@@ -77,146 +79,159 @@ fn placement(ccr: &ClusterRegistryCredential, namespace: &str, name: &str, templ
     }
 }
 
+fn subject(ccr: &ClusterRegistryCredential) -> Subject {
+    Subject {
+        about: ccr.object_ref(&()),
+        labels: CredentialLabels { namespace: String::new(), name: ccr.name_any() },
+        generation: ccr.metadata.generation,
+        seed: schedule::seed(ccr.metadata.uid.as_deref().unwrap_or_default()),
+        secret_name: ccr.secret_name(),
+    }
+}
+
 pub async fn reconcile(ccr: Arc<ClusterRegistryCredential>, ctx: Arc<FleetContext>) -> Result<Action, Error> {
-    let _in_flight = ctx.base.progress.begin();
+    let name = ccr.name_any();
     // Writing hundreds of namespaces takes longer than one namespace's work.
     let deadline = ctx.base.settings.reconcile_timeout() + Duration::from_secs(120);
-    let started = std::time::Instant::now();
-    let work = tracing::Instrument::instrument(tokio::time::timeout(deadline, reconcile_inner(&ccr, &ctx)), crate::context::reconcile_span("", &ccr.name_any()));
-    let result = match contain_panic(work).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(_)) => Err(Error::Deadline(deadline)),
-        Err(panic) => {
-            error!(name = %ccr.name_any(), panic = %panic, "a fleet reconcile panicked; retrying later");
+    match guard(&ctx.base, "", &name, deadline, reconcile_inner(&ccr, &ctx)).await {
+        Guarded::Done(r) => r,
+        Guarded::Deadline(d) => Err(Error::Deadline(d)),
+        Guarded::Panicked(panic) => {
+            error!(name = %name, panic = %panic, "a fleet reconcile panicked; retrying later");
             Ok(Action::requeue(FAILED_RETRY))
         }
-    };
-    ctx.base.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
-    result
+    }
 }
 
 async fn reconcile_inner(cached: &ClusterRegistryCredential, ctx: &FleetContext) -> Result<Action, Error> {
-    let base = &*ctx.base;
-    let client = base.client.clone();
     // Deciding from half-filled caches would delete Secrets as "no longer targeted".
     for ready in [ctx.namespaces.wait_until_ready().await, ctx.owned.wait_until_ready().await, ctx.accounts.wait_until_ready().await] {
         if ready.is_err() {
             return Ok(Action::requeue(Duration::from_secs(5)));
         }
     }
-    let api: Api<ClusterRegistryCredential> = Api::all(client.clone());
-    let name = cached.name_any();
-    let Some(ccr) = api.get_opt(&name).await.map_err(kube_err("reading the ClusterRegistryCredential"))? else {
+    let api: Api<ClusterRegistryCredential> = Api::all(ctx.base.client.clone());
+    let Some(ccr) = api.get_opt(&cached.name_any()).await.map_err(kube_err("reading the ClusterRegistryCredential"))? else {
         return Ok(Action::await_change());
     };
-    let uid = ccr.metadata.uid.clone().unwrap_or_default();
-    let secret_name = ccr.secret_name();
     if ccr.metadata.deletion_timestamp.is_some() {
-        // Garbage collection takes the Secrets; the list entries are ours to remove.
-        if has_finalizer(&ccr) {
-            let ours = namespaces_with_our_secret(ctx, &uid, &home_name(&name));
-            sync_accounts(ctx, &ccr, &secret_name, &BTreeSet::new(), &ours, false).await?;
-            set_finalizer(&api, &ccr, false).await.map_err(kube_err("removing the finalizer"))?;
-        }
+        finalize(ctx, &api, &ccr).await?;
         return Ok(Action::await_change());
     }
     if !has_finalizer(&ccr) {
         set_finalizer(&api, &ccr, true).await.map_err(kube_err("adding the finalizer"))?;
     }
+    let s = subject(&ccr);
+    ctx.base.metrics.seen(&s.labels);
+    let now = (ctx.base.now)();
+    let Some(step) = credential(ctx, &ccr, &s, now).await? else {
+        // The home Secret changed under the write: look again.
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    };
+    let fan = fan_out(ctx, &ccr, step.home.as_ref()).await;
+    let st = fleet_status(&ccr, step.status, &fan, now);
+    if ccr.status.as_ref().is_none_or(|p| p.failed_namespaces == 0) && st.failed_namespaces > 0 {
+        let note = st.credential.conditions.iter().find(|c| c.type_ == api::DEGRADED).map(|c| c.message.clone());
+        publish_to(&ctx.base, &s.about, EventType::Warning, "NamespacesFailed", note).await;
+    }
+    if ccr.status.as_ref() != Some(&st) {
+        let body = serde_json::json!({"apiVersion": "regcred.dev/v1alpha1", "kind": KIND, "status": st});
+        api.patch_status(&s.labels.name, &PatchParams::apply(api::FIELD_MANAGER).force(), &Patch::Apply(body))
+            .await
+            .map_err(kube_err("writing status"))?;
+    }
+    let ready = st.credential.conditions.iter().any(|c| c.type_ == api::READY && c.status == "True");
+    ctx.base.metrics.ready.get_or_create(&s.labels).set(i64::from(ready));
+    debug!(name = %s.labels.name, targets = st.target_namespaces, synced = st.synced_namespaces, failed = st.failed_namespaces, "fleet reconciled");
+    let mut after = schedule::requeue_after(now, step.next);
+    if st.failed_namespaces > 0 {
+        after = after.min(FAILED_RETRY);
+    }
+    Ok(Action::requeue(after))
+}
 
-    let now = (base.now)();
-    let refs_namespace = ccr.spec.source_namespace.clone().unwrap_or_else(|| ctx.home_namespace.clone());
-    let prev_all = ccr.status.clone().unwrap_or_default();
-    let mut prev = prev_all.credential.clone();
-    let generation = ccr.metadata.generation;
-    let seed = schedule::seed(&uid);
-    let labels = CredentialLabels { namespace: String::new(), name: name.clone() };
-    base.metrics.seen(&labels);
+/// Deletion: garbage collection takes the Secrets; the ServiceAccount
+/// entries are ours to remove.
+async fn finalize(ctx: &FleetContext, api: &Api<ClusterRegistryCredential>, ccr: &ClusterRegistryCredential) -> Result<(), Error> {
+    if !has_finalizer(ccr) {
+        return Ok(());
+    }
+    let (name, uid) = (ccr.name_any(), ccr.metadata.uid.clone().unwrap_or_default());
+    let ours = namespaces_with_our_secret(ctx, &uid, &home_name(&name));
+    sync_accounts(ctx, ccr, &ccr.secret_name(), &BTreeSet::new(), &ours, false).await?;
+    set_finalizer(api, ccr, false).await.map_err(kube_err("removing the finalizer"))
+}
 
-    // gather: the home Secret holds the current credential.
-    let homes: Api<Secret> = Api::namespaced(client.clone(), &ctx.home_namespace);
+/// The credential's part of a fleet reconcile.
+struct Step {
+    status: RegistryCredentialStatus,
+    next: DateTime<Utc>,
+    /// The home Secret after this step.
+    home: Option<Secret>,
+}
+
+/// Decide from the home Secret, and when due, the shared attempt on it.
+/// `None`: the home Secret changed under the write.
+async fn credential(ctx: &FleetContext, ccr: &ClusterRegistryCredential, s: &Subject, now: DateTime<Utc>) -> Result<Option<Step>, Error> {
+    let base = &*ctx.base;
+    let (name, uid) = (ccr.name_any(), ccr.metadata.uid.clone().unwrap_or_default());
+    let homes: Api<Secret> = Api::namespaced(base.client.clone(), &ctx.home_namespace);
     let home_secret = home_name(&name);
     let home = homes.get_opt(&home_secret).await.map_err(kube_err("reading the home Secret"))?;
-    let state = secret_state(home.as_ref(), |s| secret::is_controlled_by(&s.metadata, &uid, KIND));
-    let refs: Api<Secret> = Api::namespaced(client.clone(), &refs_namespace);
-    let desired_inputs = inputs(&format!("g{}", generation.unwrap_or(0)), &ccr.spec.source, &refs, None).await?;
+    let ours = |h: &Secret| secret::is_controlled_by(&h.metadata, &uid, KIND);
+    let state = attempt::secret_state(home.as_ref(), ours);
+    let refs_ns = ccr.spec.source_namespace.clone().unwrap_or_else(|| ctx.home_namespace.clone());
+    let refs: Api<Secret> = Api::namespaced(base.client.clone(), &refs_ns);
+    let spec = format!("g{}", ccr.metadata.generation.unwrap_or(0));
+    let inputs = attempt::inputs(&spec, &ccr.spec.source, &refs, None).await?;
     let renew_request = api::pending_renew_request(&ccr.metadata, ccr.status.as_ref().map(|s| &s.credential));
-    let observed = observed(
-        Seen { secret: state.clone(), desired_inputs: desired_inputs.clone(), prev: &prev, renew_requested: renew_request.is_some(), seed },
-        base.settings.min_mint_interval,
-    );
-
-    // decide and act on the credential itself
-    let mut credential = prev.clone();
-    let mut home_now = home.clone();
-    let mut next = now + chrono::Duration::hours(1);
-    match schedule::decide(now, &observed) {
+    let mut prev = ccr.status.clone().unwrap_or_default().credential;
+    let seen = Seen { secret: state.clone(), desired_inputs: inputs.clone(), prev: &prev, renew_requested: renew_request.is_some(), seed: s.seed };
+    let step = |status, next, home| Ok(Some(Step { status, next, home }));
+    let why = match schedule::decide(now, &attempt::observed(seen, base.settings.min_mint_interval)) {
         Decision::Blocked => {
-            credential = status::conflict(&prev, generation, &home_secret, now);
-            next = now + schedule::BLOCKED_RECHECK;
+            let home_subject = Subject { secret_name: home_secret.clone(), ..subject(ccr) };
+            return step(report::blocked(base, &home_subject, &prev, now).await, schedule::add(now, schedule::BLOCKED_RECHECK), None);
         }
-        Decision::WaitUntil(at) | Decision::BackOffUntil(at) => next = at,
-        Decision::Mint(why) => {
-            if renew_request.is_some() {
-                prev.renew_request_served = renew_request.clone();
-                credential = prev.clone();
-            }
-            info!(name = %name, reason = ?why, "minting for the fleet");
-            let current_not_after = match &state {
-                SecretState::Ours(s) if s.intact => s.not_after,
-                _ => None,
-            };
-            let who = Minter { refs_namespace: &refs_namespace, name: &name, cluster_scoped: true, seed, secrets_dir: None };
-            let attempt = async {
-                let (minted, renewal) = mint(base, &who, &ccr.spec.source, &ccr.spec.renewal, now).await?;
-                let desired = secret::desired_at(&placement(&ccr, &ctx.home_namespace, &home_secret, false), &minted, &desired_inputs, renewal.at)
-                    .map_err(|e| SourceError::InvalidResponse { endpoint: "source".into(), problem: e.to_string() })?;
-                Ok::<_, SourceError>((minted, renewal, desired))
-            }
-            .await;
-            let failure = match attempt {
-                Err(e) => Some((e.category(), e.to_string())),
-                Ok((minted, renewal, desired)) => match secret::write(&homes, home.as_ref(), desired).await {
-                    Ok(written) => {
-                        home_now = Some(written);
-                        credential = status::rotated(&prev, generation, &desired_inputs, &secret_name, minted.registries(), minted.expires_at, renewal.at, now);
-                        next = renewal.at;
-                        base.metrics.rotations.get_or_create(&labels).inc();
-                        if let Some(na) = minted.expires_at {
-                            base.metrics.expiry.get_or_create(&labels).set(na.timestamp());
-                        }
-                        base.metrics.renewal.get_or_create(&labels).set(renewal.at.timestamp());
-                        let until = minted.expires_at.map(|t| format!(", valid until {}", t.to_rfc3339())).unwrap_or_default();
-                        publish_to(base, &ccr.object_ref(&()), EventType::Normal, reason::ROTATED, Some(format!("Minted a credential for the fleet{until}"))).await;
-                        None
-                    }
-                    Err(WriteError::Conflict | WriteError::Stale) => return Ok(Action::requeue(Duration::from_secs(1))),
-                    Err(e @ WriteError::Rejected { .. }) => Some((reason::SECRET_REJECTED, redact(&e.to_string(), Some(&minted)))),
-                    Err(e) => return Err(e.into()),
-                },
-            };
-            if let Some((why, message)) = failure {
-                let failures = (prev.failed_attempts.max(0) as u32).saturating_add(1);
-                let retry_at = schedule::add(now, schedule::backoff(failures, seed, now, current_not_after));
-                warn!(name = %name, reason = why, error = %message, "mint failed");
-                let same = prev.conditions.iter().any(|c| c.type_ == api::READY && c.status == "False" && c.reason == why && c.message.starts_with(&message));
-                credential = status::failed(&prev, generation, &desired_inputs, why, message.clone(), Some(retry_at), now);
-                next = retry_at;
-                base.metrics
-                    .failures
-                    .get_or_create(&crate::metrics::FailureLabels { namespace: String::new(), name: name.clone(), reason: why.into() })
-                    .inc();
-                if !same {
-                    publish_to(base, &ccr.object_ref(&()), EventType::Warning, reason::MINT_FAILED, Some(format!("{why}: {message}"))).await;
-                }
-            }
+        Decision::WaitUntil(at) | Decision::BackOffUntil(at) => {
+            report::waiting(base, s, &prev, &state, at);
+            return step(prev, at, home);
         }
+        Decision::Mint(why) => why,
+    };
+    info!(name = %name, reason = ?why, "minting for the fleet");
+    // A renew request is served by this attempt, whatever its outcome.
+    if renew_request.is_some() {
+        prev.renew_request_served = renew_request.clone();
     }
+    let place = placement(ccr, &ctx.home_namespace, &home_secret, false);
+    let render = |m: &crate::source::Minted, r: schedule::Renewal| secret::desired_at(&place, m, &inputs, r.at);
+    let target = Target { secrets: &homes, name: &home_secret, existing: home.as_ref().map(|h| h.metadata.clone()), ours: &ours, render: &render };
+    let who = Minter { refs_namespace: &refs_ns, name: &name, cluster_scoped: true, seed: s.seed, secrets_dir: None };
+    let req = Request { who, source: &ccr.spec.source, renewal: &ccr.spec.renewal, now };
+    match attempt::attempt(base, &req, &target).await? {
+        Outcome::Rotated { minted, renewal, written } => step(report::rotated(base, s, &prev, &inputs, &minted, &renewal, now).await, renewal.at, Some(written)),
+        Outcome::Failed { reason, message } => {
+            let (st, retry_at) = report::failed(base, s, &prev, &inputs, reason, message, attempt::current_not_after(&state), now).await;
+            step(st, retry_at, home)
+        }
+        Outcome::Contended => Ok(None),
+    }
+}
 
-    // fan out: every target namespace gets a copy of the home Secret.
-    let home_ok = home_now
-        .as_ref()
-        .filter(|h| secret::is_controlled_by(&h.metadata, &uid, KIND) && secret::read_annotations(h).intact);
+/// What the fan-out did.
+struct Fan {
+    targets: BTreeSet<String>,
+    synced: i32,
+    failures: Vec<NamespaceFailure>,
+}
+
+/// Every target namespace gets a copy of the home Secret (when it holds a
+/// usable credential); ServiceAccounts get the entry where the copy was
+/// written; namespaces that left the selection lose both.
+async fn fan_out(ctx: &FleetContext, ccr: &ClusterRegistryCredential, home: Option<&Secret>) -> Fan {
+    let (name, uid, secret_name) = (ccr.name_any(), ccr.metadata.uid.clone().unwrap_or_default(), ccr.secret_name());
+    let home_ok = home.filter(|h| secret::is_controlled_by(&h.metadata, &uid, KIND) && secret::read_annotations(h).intact);
     let targets: BTreeSet<String> = ctx
         .namespaces
         .state()
@@ -227,79 +242,60 @@ async fn reconcile_inner(cached: &ClusterRegistryCredential, ctx: &FleetContext)
             ccr.targets(&ns, &n.metadata.labels.clone().unwrap_or_default()).then_some(ns)
         })
         .collect();
-    let mut failures: Vec<NamespaceFailure> = Vec::new();
-    let mut synced = 0i32;
+    let mut fan = Fan { targets, synced: 0, failures: Vec::new() };
     if let Some(home) = home_ok {
-        let (ccr_ref, uid_ref, name_ref) = (&ccr, uid.as_str(), secret_name.as_str());
-        let writes: Vec<_> = targets
-            .iter()
-            .cloned()
-            .map(|ns| async move { sync_secret(ctx, ccr_ref, uid_ref, name_ref, &ns, home).await })
-            .collect();
+        let (ccr_ref, uid_ref, name_ref) = (ccr, uid.as_str(), secret_name.as_str());
+        let writes = fan.targets.iter().cloned().map(|ns| async move { sync_secret(ctx, ccr_ref, uid_ref, name_ref, &ns, home).await });
         let results: Vec<Result<(), NamespaceFailure>> = futures::stream::iter(writes).buffer_unordered(WRITE_CONCURRENCY).collect().await;
         for r in results {
             match r {
-                Ok(()) => synced += 1,
-                Err(f) => failures.push(f),
+                Ok(()) => fan.synced += 1,
+                Err(f) => fan.failures.push(f),
             }
         }
     }
     // Namespaces that left the selection lose our Secret and entries (only ours).
     let ours = namespaces_with_our_secret(ctx, &uid, &home_name(&name));
-    let leaving: BTreeSet<String> = ours.difference(&targets).cloned().collect();
+    let leaving: BTreeSet<String> = ours.difference(&fan.targets).cloned().collect();
     // Entries only where our Secret is: never point a ServiceAccount at a
     // Secret that failed or belongs to someone else.
-    let failed_ns: BTreeSet<&str> = failures.iter().map(|f| f.namespace.as_str()).collect();
+    let failed_ns: BTreeSet<&str> = fan.failures.iter().map(|f| f.namespace.as_str()).collect();
     let fed: BTreeSet<String> =
-        if home_ok.is_some() { targets.iter().filter(|n| !failed_ns.contains(n.as_str())).cloned().collect() } else { BTreeSet::new() };
-    if let Err(e) = sync_accounts(ctx, &ccr, &secret_name, &fed, &leaving.union(&targets).cloned().collect(), ccr.spec.service_accounts.is_some()).await {
+        if home_ok.is_some() { fan.targets.iter().filter(|n| !failed_ns.contains(n.as_str())).cloned().collect() } else { BTreeSet::new() };
+    let touched = leaving.union(&fan.targets).cloned().collect();
+    if let Err(e) = sync_accounts(ctx, ccr, &secret_name, &fed, &touched, ccr.spec.service_accounts.is_some()).await {
         warn!(name = %name, error = %e, "updating ServiceAccounts failed; retrying");
-        failures.push(NamespaceFailure { namespace: String::new(), reason: "ServiceAccountUpdateFailed".into(), message: e.to_string() });
+        fan.failures.push(NamespaceFailure { namespace: String::new(), reason: "ServiceAccountUpdateFailed".into(), message: e.to_string() });
     }
     for ns in &leaving {
-        release_secret(ctx, &ccr, &uid, &secret_name, ns).await;
+        release_secret(ctx, ccr, &uid, &secret_name, ns).await;
     }
+    fan.failures.sort_by(|a, b| a.namespace.cmp(&b.namespace));
+    fan
+}
 
-    // report
-    failures.sort_by(|a, b| a.namespace.cmp(&b.namespace));
-    let failed = failures.len() as i32;
-    let mut st = ClusterRegistryCredentialStatus {
-        credential,
-        target_namespaces: targets.len() as i32,
-        synced_namespaces: synced,
-        failed_namespaces: failed,
-        failures: failures.iter().take(MAX_LISTED_FAILURES).cloned().collect(),
-    };
-    let degraded = failures.first().map(|f| {
+/// The fleet's status: the credential's, the counts, and Degraded.
+fn fleet_status(ccr: &ClusterRegistryCredential, mut credential: RegistryCredentialStatus, fan: &Fan, now: DateTime<Utc>) -> ClusterRegistryCredentialStatus {
+    let failed = i32::try_from(fan.failures.len()).unwrap_or(i32::MAX);
+    let degraded = fan.failures.first().map(|f| {
         let more = if failed > 1 { format!(" (and {} more)", failed - 1) } else { String::new() };
         (f.reason.clone(), format!("{}: {}{more}", f.namespace, f.message))
     });
-    st.credential.set_condition(api::Condition {
+    credential.set_condition(api::Condition {
         type_: api::DEGRADED.into(),
         status: if degraded.is_some() { "True" } else { "False" }.into(),
         reason: degraded.as_ref().map(|d| d.0.clone()).unwrap_or_else(|| "AllNamespacesSynced".into()),
-        message: degraded.as_ref().map(|d| d.1.clone()).unwrap_or_else(|| format!("{synced} namespaces hold the current credential")),
+        message: degraded.as_ref().map(|d| d.1.clone()).unwrap_or_else(|| format!("{} namespaces hold the current credential", fan.synced)),
         last_transition_time: now,
-        observed_generation: generation,
+        observed_generation: ccr.metadata.generation,
     });
-    if prev_all.failed_namespaces == 0 && failed > 0 {
-        let note = degraded.as_ref().map(|d| d.1.clone());
-        publish_to(base, &ccr.object_ref(&()), EventType::Warning, "NamespacesFailed", note).await;
+    ClusterRegistryCredentialStatus {
+        credential,
+        target_namespaces: i32::try_from(fan.targets.len()).unwrap_or(i32::MAX),
+        synced_namespaces: fan.synced,
+        failed_namespaces: failed,
+        failures: fan.failures.iter().take(MAX_LISTED_FAILURES).cloned().collect(),
     }
-    if ccr.status.as_ref() != Some(&st) {
-        let body = serde_json::json!({"apiVersion": "regcred.dev/v1alpha1", "kind": KIND, "status": st});
-        api.patch_status(&name, &PatchParams::apply(api::FIELD_MANAGER).force(), &Patch::Apply(body))
-            .await
-            .map_err(kube_err("writing status"))?;
-    }
-    let ready = st.credential.conditions.iter().any(|c| c.type_ == api::READY && c.status == "True");
-    base.metrics.ready.get_or_create(&labels).set(i64::from(ready));
-    debug!(name = %name, targets = targets.len(), synced, failed, "fleet reconciled");
-    let mut after = schedule::requeue_after(now, next);
-    if failed > 0 {
-        after = after.min(FAILED_RETRY);
-    }
-    Ok(Action::requeue(after))
 }
 
 /// A UID no object can have: an owner reference to it is an owner that is gone.
