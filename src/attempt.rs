@@ -1,14 +1,21 @@
 //! One attempt, the same for both kinds: what the decision looks at
 //! (inputs fingerprint, the Secret's state, the last attempt), then mint
-//! under one deadline → check → verify → write. Reporting the outcome
-//! (status, Events, metrics) is [`crate::report`]'s; what a kind targets
-//! and how it fans out is its own reconcile's.
+//! under one deadline → check → verify → write. Reporting the outcome (status, Events, metrics)
+//! is [`crate::report`]'s; what a kind targets and how it fans out is its
+//! own reconcile's.
+//!
+//! Every attempt counts against the least interval between mints from the
+//! moment it asks the source ([`crate::memo::Attempts`]), so a write that
+//! loses a race or a reconcile cut short cannot make a loop; a write that
+//! loses a race is tried once more with the same credential.
 
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::Api;
+use tokio::time::Instant;
 
 use crate::api::{self, CredentialSource, Renewal};
 use crate::context::{kube_err, Context, Error};
@@ -109,12 +116,14 @@ pub fn current_not_after(state: &SecretState) -> Option<DateTime<Utc>> {
     }
 }
 
-/// Everything the schedule's decision looks at: status and the Secret.
+/// Everything the schedule's decision looks at: status, the Secret, and
+/// when this process last saw the credential ask its source.
 pub struct Seen<'a> {
     pub secret: SecretState,
     pub desired_inputs: String,
     pub prev: &'a api::RegistryCredentialStatus,
     pub renew_requested: bool,
+    pub last_attempt: Option<DateTime<Utc>>,
     pub seed: u64,
 }
 
@@ -127,7 +136,7 @@ pub fn observed(seen: Seen<'_>, min_interval: chrono::Duration) -> Observed {
         attempted_inputs: prev.observed_inputs.clone(),
         failed_attempts: prev.failed_attempts.max(0) as u32,
         last_failure: prev.last_failure_time,
-        last_attempt: prev.last_rotation_time.max(prev.last_failure_time),
+        last_attempt: prev.last_rotation_time.max(prev.last_failure_time).max(seen.last_attempt),
         min_interval,
         seed: seen.seed,
     }
@@ -145,8 +154,21 @@ pub struct Minter<'a> {
     pub secrets_dir: Option<&'a std::path::Path>,
 }
 
-/// One mint under the deadline: the checked credential and its renewal
-/// instant, or why not. Leaves nothing written.
+/// Run `f` until `deadline`; past it, a [`SourceError::Deadline`] saying `what`.
+pub async fn within<T>(
+    deadline: Instant,
+    budget: Duration,
+    what: &str,
+    f: impl std::future::Future<Output = Result<T, SourceError>>,
+) -> Result<T, SourceError> {
+    tokio::time::timeout_at(deadline, f)
+        .await
+        .map_err(|_| SourceError::Deadline(format!("{what} did not answer within the attempt's {}s", budget.as_secs())))?
+}
+
+/// One mint under one deadline (the source, then verification at the
+/// registries, share `mint_timeout`): the checked credential and its
+/// renewal instant, or why not. Leaves nothing written.
 pub async fn mint(
     ctx: &Context,
     who: &Minter<'_>,
@@ -154,6 +176,8 @@ pub async fn mint(
     renewal: &Renewal,
     now: DateTime<Utc>,
 ) -> Result<(Minted, schedule::Renewal), SourceError> {
+    let budget = ctx.settings.mint_timeout;
+    let deadline = Instant::now() + budget;
     let policy = policy(renewal, source_spec, ctx.settings.min_mint_interval)?;
     let reader = SecretReader::new(ctx.client.clone(), who.refs_namespace);
     let cx = SourceContext {
@@ -170,10 +194,7 @@ pub async fn mint(
         policy,
         seed: who.seed,
     };
-    let mint_timeout = ctx.settings.mint_timeout;
-    let minted = tokio::time::timeout(mint_timeout, async { source::from_spec(source_spec, cx)?.mint().await })
-        .await
-        .map_err(|_| SourceError::Deadline(format!("the source did not answer within {}s", mint_timeout.as_secs())))??;
+    let minted = within(deadline, budget, "the source", async { source::from_spec(source_spec, cx)?.mint().await }).await?;
     ctx.metrics.mints.get_or_create(&SourceLabels { source: source_kind(source_spec).into() }).inc();
     let minted = minted.checked()?;
     if minted.expires_at.is_some_and(|t| t <= now) {
@@ -182,9 +203,7 @@ pub async fn mint(
     }
     if let Some(allow_http) = source::verify_settings(source_spec) {
         // Verify before swap, under what is left of the same deadline.
-        tokio::time::timeout(mint_timeout, source::verify_at_registries(&minted, allow_http, &ctx.settings.net))
-            .await
-            .map_err(|_| SourceError::Deadline(format!("the registries did not answer within {}s", mint_timeout.as_secs())))??;
+        within(deadline, budget, "the registries", source::verify_at_registries(&minted, allow_http, &ctx.settings.net)).await?;
     }
     let renewal = schedule::renewal(minted.issued_at, minted.expires_at, &policy, who.seed);
     Ok((minted, renewal))
@@ -221,6 +240,8 @@ pub struct Target<'a> {
 
 /// What one attempt asks of its source.
 pub struct Request<'a> {
+    /// The credential, for the attempt memory: (namespace, "" when cluster-scoped; name).
+    pub key: (&'a str, &'a str),
     pub who: Minter<'a>,
     pub source: &'a CredentialSource,
     pub renewal: &'a Renewal,
@@ -233,13 +254,16 @@ pub enum Outcome {
     Rotated { minted: Minted, renewal: schedule::Renewal, written: Secret },
     /// The source or the API server refused; the Secret is as it was.
     Failed { reason: &'static str, message: String },
-    /// The Secret changed under us (or someone else's appeared): nothing
-    /// written, nothing to report.
+    /// The Secret kept changing under us (or someone else's appeared):
+    /// nothing written, nothing to report; the attempt still counts against
+    /// the least interval between mints.
     Contended,
 }
 
-/// Mint, then write.
+/// Mint, then write; a write that lost a race is tried once more with the
+/// same credential against a fresh read.
 pub async fn attempt(ctx: &Context, req: &Request<'_>, target: &Target<'_>) -> Result<Outcome, Error> {
+    ctx.attempts.started(req.key.0, req.key.1, req.now);
     let minted = async {
         let (minted, renewal) = mint(ctx, &req.who, req.source, req.renewal, req.now).await?;
         // Empty or oversized: the source's answer is unusable.
@@ -251,9 +275,13 @@ pub async fn attempt(ctx: &Context, req: &Request<'_>, target: &Target<'_>) -> R
         Ok(v) => v,
         Err(e) => return Ok(Outcome::Failed { reason: e.category(), message: redact(&e.to_string(), None) }),
     };
-    match secret::write_over(target.secrets, target.existing.as_ref(), desired).await {
-        Ok(written) => Ok(Outcome::Rotated { minted, renewal, written }),
-        Err(WriteError::Conflict | WriteError::Stale) => Ok(Outcome::Contended),
+    let written = match secret::write_over(target.secrets, target.existing.as_ref(), desired.clone()).await {
+        Err(WriteError::Conflict | WriteError::Stale) => rewrite(target, desired).await,
+        other => other.map(Some),
+    };
+    match written {
+        Ok(Some(written)) => Ok(Outcome::Rotated { minted, renewal, written }),
+        Ok(None) => Ok(Outcome::Contended),
         // The API server refused what we wrote (an admission policy, a
         // quota, a forbidden namespace): a failure like a failed mint.
         Err(e @ WriteError::Rejected { .. }) => Ok(Outcome::Failed { reason: reason::SECRET_REJECTED, message: redact(&e.to_string(), Some(&minted)) }),
@@ -261,9 +289,63 @@ pub async fn attempt(ctx: &Context, req: &Request<'_>, target: &Target<'_>) -> R
     }
 }
 
+/// The second try of a write whose precondition failed: read the Secret,
+/// write over it if it is ours (or create it if it is gone). `None` when it
+/// is someone else's or changed again.
+async fn rewrite(target: &Target<'_>, desired: Secret) -> Result<Option<Secret>, WriteError> {
+    let fresh = target.secrets.get_opt(target.name).await.map_err(|_| WriteError::Unreachable)?;
+    if fresh.as_ref().is_some_and(|s| !(target.ours)(s)) {
+        return Ok(None);
+    }
+    match secret::write_over(target.secrets, fresh.as_ref().map(|s| &s.metadata), desired).await {
+        Ok(s) => Ok(Some(s)),
+        Err(WriteError::Conflict | WriteError::Stale) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn one_deadline_covers_the_source_and_verification() {
+        // The source takes 3 s of a 5 s budget; verification would hang:
+        // it gets what is left (2 s), not a budget of its own.
+        let budget = Duration::from_secs(5);
+        let started = Instant::now();
+        let deadline = started + budget;
+        let first = within(deadline, budget, "the source", async {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            Ok::<_, SourceError>(())
+        })
+        .await;
+        assert!(first.is_ok());
+        let second = within(deadline, budget, "the registries", async {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok::<_, SourceError>(())
+        })
+        .await;
+        assert_eq!(Instant::now() - started, budget, "verification outlived the attempt's deadline");
+        let e = second.unwrap_err();
+        assert_eq!(e.category(), "MintFailed");
+        assert!(e.to_string().contains("the registries did not answer within the attempt's 5s"), "{e}");
+    }
+
+    #[test]
+    fn an_attempt_status_does_not_show_still_holds_the_interval() {
+        use crate::schedule::{decide, test_instant as t, Decision, MintReason};
+        // Rotated at t(0); someone changed the Secret's data since.
+        let prev = api::RegistryCredentialStatus { last_rotation_time: Some(t(0)), observed_inputs: Some("g1".into()), ..Default::default() };
+        let secret = SecretState::Ours(OurSecret { intact: false, inputs: Some("g1".into()), not_after: Some(t(3600)), renewal_time: Some(t(1800)) });
+        let seen = |last_attempt| Seen { secret: secret.clone(), desired_inputs: "g1".into(), prev: &prev, renew_requested: false, last_attempt, seed: 0 };
+        let ten = chrono::Duration::seconds(10);
+        assert_eq!(decide(t(21), &observed(seen(None), ten)), Decision::Mint(MintReason::SecretChanged));
+        // The attempt at t(21) lost its write to another change: status
+        // does not show it, the memory does, and the next mint waits.
+        assert_eq!(decide(t(22), &observed(seen(Some(t(21))), ten)), Decision::WaitUntil(t(31)));
+        assert_eq!(decide(t(31), &observed(seen(Some(t(21))), ten)), Decision::Mint(MintReason::SecretChanged));
+    }
 
     #[test]
     fn redaction_covers_every_password_and_caps() {

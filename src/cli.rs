@@ -68,9 +68,10 @@ pub struct RunArgs {
     #[arg(long, env = "REGCRED_MIN_MINT_INTERVAL_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=3600))]
     pub min_mint_interval_seconds: u32,
 
-    /// The longest one mint may take, in seconds (every request of it: token
-    /// endpoint, registry login checks, AWS calls). Each reconcile is bounded
-    /// by this plus 30 s.
+    /// The longest one attempt may take, in seconds (every request of it:
+    /// token endpoint, AWS calls, then verification at the registries, under
+    /// one deadline). Each reconcile is bounded by this plus 30 s; one that
+    /// runs out is recorded as a failure and retried with backoff.
     #[arg(long, env = "REGCRED_MINT_TIMEOUT_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=600))]
     pub mint_timeout_seconds: u32,
 

@@ -161,6 +161,8 @@ pub struct Context {
     pub settings: Settings,
     pub progress: Arc<Progress>,
     pub(crate) limits: NamespaceLimits,
+    /// When each credential last asked its source, whatever came of it.
+    pub attempts: crate::memo::Attempts,
     /// Our own writes, to serve reads from the watch caches safely.
     pub memo: crate::memo::Memo,
     /// Versions of our Secrets, from their watch.
@@ -182,6 +184,7 @@ impl Context {
             settings: settings.clone(),
             progress,
             memo: Default::default(),
+            attempts: Default::default(),
             owned_versions: Default::default(),
             source_versions: Default::default(),
         }

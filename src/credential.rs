@@ -44,7 +44,11 @@ pub async fn reconcile(cr: Arc<RegistryCredential>, ctx: Arc<Context>) -> Result
     };
     match guard(&ctx, &ns, &name, ctx.settings.reconcile_timeout(), reconcile_inner(&cr, &ctx)).await {
         Guarded::Done(r) => r,
-        Guarded::Deadline(d) => Err(Error::Deadline(d)),
+        // A deadline is a failure like any other: recorded, backed off.
+        Guarded::Deadline(d) => {
+            let message = format!("the reconcile did not finish within {}s; retrying with backoff", d.as_secs());
+            stopped(&ctx, &cr, reason::MINT_FAILED, message).await
+        }
         Guarded::Panicked(panic) => {
             // The panic message is ours (never secret material), but keep it in the log only.
             error!(namespace = %ns, name = %name, panic = %panic, "a reconcile panicked; the credential is failed and retried");
@@ -64,9 +68,9 @@ fn subject(cr: &RegistryCredential) -> Subject {
     }
 }
 
-/// A reconcile that was stopped by a panic: the credential is read again
-/// and failed (Ready=False, InternalError), so status, backoff and metrics
-/// show it; the process carries on.
+/// A reconcile that was stopped (its deadline, a panic): the credential is
+/// read again and failed, so status, backoff and metrics show it; the
+/// process carries on.
 async fn stopped(ctx: &Context, cached: &RegistryCredential, why: &'static str, message: String) -> Result<Action, Error> {
     let crs: Api<RegistryCredential> = Api::namespaced(ctx.client.clone(), &cached.namespace().unwrap_or_default());
     let Some(cr) = crs.get_opt(&cached.name_any()).await.map_err(kube_err("reading the RegistryCredential"))? else {
@@ -76,7 +80,8 @@ async fn stopped(ctx: &Context, cached: &RegistryCredential, why: &'static str, 
     let inputs = prev.observed_inputs.clone().unwrap_or_default();
     let s = subject(&cr);
     ctx.metrics.seen(&s.labels);
-    record_failure(ctx, &cr, &s, &prev, &inputs, why, message, None).await
+    let not_after = prev.not_after;
+    record_failure(ctx, &cr, &s, &prev, &inputs, why, message, not_after).await
 }
 
 /// Fail one attempt: status (then the backoff paces the retry), Event, metrics.
@@ -140,6 +145,7 @@ async fn reconcile_inner(cached: &RegistryCredential, ctx: &Context) -> Result<A
         desired_inputs: g.inputs.clone(),
         prev: &prev,
         renew_requested: g.renew_request.is_some(),
+        last_attempt: ctx.attempts.last(&s.labels.namespace, &s.labels.name),
         seed: s.seed,
     };
     match schedule::decide(now, &attempt::observed(seen, ctx.settings.min_mint_interval)) {
@@ -274,7 +280,7 @@ async fn rotate(
     let render = |m: &crate::source::Minted, r: schedule::Renewal| secret::desired(cr, m, &g.inputs, r.at);
     let target = Target { secrets: &secrets, name: &secret_name, existing: g.meta.clone(), ours: &ours, render: &render };
     let who = Minter { refs_namespace: &ns, name: &name, cluster_scoped: false, seed: s.seed, secrets_dir: None };
-    let req = Request { who, source: &cr.spec.source, renewal: &cr.spec.renewal, now };
+    let req = Request { key: (&ns, &name), who, source: &cr.spec.source, renewal: &cr.spec.renewal, now };
     let (minted, renewal, written) = match attempt::attempt(ctx, &req, &target).await? {
         Outcome::Rotated { minted, renewal, written } => (minted, renewal, written),
         Outcome::Failed { reason, message } => {
@@ -432,6 +438,7 @@ fn credential_stream(
                 index.remove(&key);
                 ctx.metrics.forget(&key.0, &key.1);
                 ctx.memo.forget(&key.0, &key.1);
+                ctx.attempts.forget(&key.0, &key.1);
             }
             Ok(watcher::Event::Init) => index.clear(),
             // After a relist, credentials deleted while the watch was down

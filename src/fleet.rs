@@ -95,12 +95,36 @@ pub async fn reconcile(ccr: Arc<ClusterRegistryCredential>, ctx: Arc<FleetContex
     let deadline = ctx.base.settings.reconcile_timeout() + Duration::from_secs(120);
     match guard(&ctx.base, "", &name, deadline, reconcile_inner(&ccr, &ctx)).await {
         Guarded::Done(r) => r,
-        Guarded::Deadline(d) => Err(Error::Deadline(d)),
+        // A deadline is a failure like any other: recorded, backed off.
+        Guarded::Deadline(d) => {
+            let message = format!("the reconcile did not finish within {}s; retrying with backoff", d.as_secs());
+            stopped(&ctx, &name, reason::MINT_FAILED, message).await
+        }
         Guarded::Panicked(panic) => {
             error!(name = %name, panic = %panic, "a fleet reconcile panicked; retrying later");
             Ok(Action::requeue(FAILED_RETRY))
         }
     }
+}
+
+/// A reconcile cut short by its deadline: recorded as a failure of the
+/// credential, so status, backoff and metrics show it.
+async fn stopped(ctx: &FleetContext, name: &str, why: &'static str, message: String) -> Result<Action, Error> {
+    let api: Api<ClusterRegistryCredential> = Api::all(ctx.base.client.clone());
+    let Some(ccr) = api.get_opt(name).await.map_err(kube_err("reading the ClusterRegistryCredential"))? else {
+        return Ok(Action::await_change());
+    };
+    let now = (ctx.base.now)();
+    let mut st = ccr.status.clone().unwrap_or_default();
+    let prev = st.credential.clone();
+    let inputs = prev.observed_inputs.clone().unwrap_or_default();
+    let (credential, retry_at) = report::failed(&ctx.base, &subject(&ccr), &prev, &inputs, why, message, prev.not_after, now).await;
+    st.credential = credential;
+    let body = serde_json::json!({"apiVersion": "regcred.dev/v1alpha1", "kind": KIND, "status": st});
+    api.patch_status(name, &PatchParams::apply(api::FIELD_MANAGER).force(), &Patch::Apply(body))
+        .await
+        .map_err(kube_err("writing status"))?;
+    Ok(Action::requeue(schedule::requeue_after(now, retry_at)))
 }
 
 async fn reconcile_inner(cached: &ClusterRegistryCredential, ctx: &FleetContext) -> Result<Action, Error> {
@@ -186,7 +210,8 @@ async fn credential(ctx: &FleetContext, ccr: &ClusterRegistryCredential, s: &Sub
     let inputs = attempt::inputs(&spec, &ccr.spec.source, &refs, None).await?;
     let renew_request = api::pending_renew_request(&ccr.metadata, ccr.status.as_ref().map(|s| &s.credential));
     let mut prev = ccr.status.clone().unwrap_or_default().credential;
-    let seen = Seen { secret: state.clone(), desired_inputs: inputs.clone(), prev: &prev, renew_requested: renew_request.is_some(), seed: s.seed };
+    let last_attempt = base.attempts.last("", &name);
+    let seen = Seen { secret: state.clone(), desired_inputs: inputs.clone(), prev: &prev, renew_requested: renew_request.is_some(), last_attempt, seed: s.seed };
     let step = |status, next, home| Ok(Some(Step { status, next, home }));
     let why = match schedule::decide(now, &attempt::observed(seen, base.settings.min_mint_interval)) {
         Decision::Blocked => {
@@ -208,7 +233,7 @@ async fn credential(ctx: &FleetContext, ccr: &ClusterRegistryCredential, s: &Sub
     let render = |m: &crate::source::Minted, r: schedule::Renewal| secret::desired_at(&place, m, &inputs, r.at);
     let target = Target { secrets: &homes, name: &home_secret, existing: home.as_ref().map(|h| h.metadata.clone()), ours: &ours, render: &render };
     let who = Minter { refs_namespace: &refs_ns, name: &name, cluster_scoped: true, seed: s.seed, secrets_dir: None };
-    let req = Request { who, source: &ccr.spec.source, renewal: &ccr.spec.renewal, now };
+    let req = Request { key: ("", &name), who, source: &ccr.spec.source, renewal: &ccr.spec.renewal, now };
     match attempt::attempt(base, &req, &target).await? {
         Outcome::Rotated { minted, renewal, written } => step(report::rotated(base, s, &prev, &inputs, &minted, &renewal, now).await, renewal.at, Some(written)),
         Outcome::Failed { reason, message } => {
@@ -458,7 +483,7 @@ pub async fn run(
     }
     let ccrs: Api<ClusterRegistryCredential> = Api::all(client.clone());
     let (ccr_reader, ccr_writer) = reflector::store();
-    let (metrics, live) = (base.metrics.clone(), ccr_reader.clone());
+    let (metrics, live, forget) = (base.metrics.clone(), ccr_reader.clone(), base.clone());
     let ccr_stream = watcher(ccrs, config)
         .default_backoff()
         .modify(|c| {
@@ -466,7 +491,10 @@ pub async fn run(
         })
         .reflect(ccr_writer)
         .inspect(move |ev| match ev {
-            Ok(watcher::Event::Delete(c)) => metrics.forget("", &c.name_any()),
+            Ok(watcher::Event::Delete(c)) => {
+                metrics.forget("", &c.name_any());
+                forget.attempts.forget("", &c.name_any());
+            }
             Ok(watcher::Event::InitDone) => {
                 let names: Vec<(String, String)> = live.state().iter().map(|c| (String::new(), c.name_any())).collect();
                 metrics.retain_only(&names, true);

@@ -20,6 +20,8 @@ use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
+use chrono::{DateTime, Utc};
+
 use crate::schedule::SecretState;
 
 type Key = (String, String);
@@ -207,6 +209,34 @@ impl Memo {
     }
 }
 
+/// When each credential last asked its source for a credential, kept in
+/// memory whatever came of it: the least interval between mints holds for
+/// attempts whose outcome never reaches status (a write that lost a race to
+/// a change of the Secret, a reconcile cut short). A failure status records
+/// is at least as late as its attempt, so from then on the backoff paces
+/// the retries (see [`crate::schedule::decide`]).
+#[derive(Default)]
+pub struct Attempts {
+    inner: Mutex<HashMap<Key, DateTime<Utc>>>,
+}
+
+impl Attempts {
+    /// A credential (namespace "" for a cluster-scoped one) asks its source now.
+    pub fn started(&self, ns: &str, name: &str, at: DateTime<Utc>) {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).insert(key(ns, name), at);
+    }
+
+    /// When it last asked, if this process saw it ask.
+    pub fn last(&self, ns: &str, name: &str) -> Option<DateTime<Utc>> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).get(&key(ns, name)).copied()
+    }
+
+    /// The credential is gone.
+    pub fn forget(&self, ns: &str, name: &str) {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).remove(&key(ns, name));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,5 +295,20 @@ mod tests {
         assert_eq!(v.get("ns", "s"), Some(Seen::Deleted));
         v.observe("ns", "s", "12");
         assert_eq!(v.get("ns", "s"), Some(Seen::At("12".into())), "created again");
+    }
+
+    #[test]
+    fn attempts_are_remembered_per_kind_until_forgotten() {
+        let a = Attempts::default();
+        let t = crate::schedule::test_instant(0);
+        assert_eq!(a.last("ns", "c"), None);
+        a.started("ns", "c", t);
+        a.started("", "c", t + chrono::Duration::seconds(5));
+        assert_eq!(a.last("ns", "c"), Some(t));
+        assert_eq!(a.last("", "c"), Some(t + chrono::Duration::seconds(5)), "the two kinds are apart");
+        a.started("ns", "c", t + chrono::Duration::seconds(9));
+        assert_eq!(a.last("ns", "c"), Some(t + chrono::Duration::seconds(9)), "the latest counts");
+        a.forget("ns", "c");
+        assert_eq!(a.last("ns", "c"), None);
     }
 }

@@ -3,6 +3,7 @@
 //! namespace. One binary, so one control plane serves the whole run.
 
 mod api;
+mod attempt;
 mod day2;
 mod ecr;
 mod fleet;

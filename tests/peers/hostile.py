@@ -15,9 +15,12 @@ as JSON at /_stats (which is not counted). Kinds:
     chunked?bytes=N the same, chunked (no Content-Length)
     endless         a chunked body that never ends
     hang            reads the request and never answers
+    slow?ms=N&b=RAW like body, answered N ms after the request
     redirect?to=URL 302 to URL
     echo-error      400 {"error": <the client secret it was sent>}
-    registry?realm=URL  a registry's /v2/ answering 401 with a Bearer challenge
+
+A registry's /v2/ answers 401 with a Bearer challenge naming --realm (after
+the delay set with POST /_set?case=v2-delay-ms&b=N, if any).
 """
 import base64
 import json
@@ -82,6 +85,9 @@ class Handler(BaseHTTPRequestHandler):
         # A registry is looked up at /v2/: the case is the whole registry.
         if url.path.startswith("/v2"):
             n = count("v2")
+            with lock:
+                delay = float(overrides.get("v2-delay-ms", "0")) / 1000
+            stop.wait(delay)
             realm = self.server.registry_realm or "http://127.0.0.1:1/token"
             return self.send(401, b"{}", headers=[("WWW-Authenticate", 'Bearer realm="%s",service="hostile"' % realm)])
         if len(parts) < 4 or parts[1] != "c":
@@ -93,6 +99,9 @@ class Handler(BaseHTTPRequestHandler):
             with lock:
                 raw = overrides.get(case, q.get("b", "{}"))
             return self.send(200, raw.replace("{n}", str(n)).encode())
+        if kind == "slow":
+            stop.wait(float(q.get("ms", "1000")) / 1000)
+            return self.send(200, q.get("b", "{}").replace("{n}", str(n)).encode())
         if kind == "status":
             return self.send(int(q.get("code", "500")), q.get("b", "{}").replace("{n}", str(n)).encode())
         if kind in ("huge", "chunked"):
