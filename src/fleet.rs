@@ -468,6 +468,40 @@ pub fn error_policy(ccr: Arc<ClusterRegistryCredential>, err: &Error, _ctx: Arc<
     Action::requeue(Duration::from_secs(5))
 }
 
+/// The cluster credentials, reflected into `writer`, their metric series
+/// and attempt memory dropped with them.
+fn credential_stream(
+    base: &Arc<Context>,
+    ccrs: Api<ClusterRegistryCredential>,
+    selector: Option<&str>,
+    writer: reflector::store::Writer<ClusterRegistryCredential>,
+    live: Store<ClusterRegistryCredential>,
+) -> impl futures::Stream<Item = Result<ClusterRegistryCredential, watcher::Error>> + Send + 'static {
+    let mut config = watcher::Config::default();
+    if let Some(sel) = selector {
+        config = config.labels(sel);
+    }
+    let base = base.clone();
+    watcher(ccrs, config)
+        .default_backoff()
+        .modify(|c| {
+            c.managed_fields_mut().clear();
+        })
+        .reflect(writer)
+        .inspect(move |ev| match ev {
+            Ok(watcher::Event::Delete(c)) => {
+                base.metrics.forget("", &c.name_any());
+                base.attempts.forget("", &c.name_any());
+            }
+            Ok(watcher::Event::InitDone) => {
+                let names: Vec<(String, String)> = live.state().iter().map(|c| (String::new(), c.name_any())).collect();
+                base.metrics.retain_only(&names, true);
+            }
+            _ => {}
+        })
+        .touched_objects()
+}
+
 /// Run the ClusterRegistryCredential controller until `shutdown` resolves.
 pub async fn run(
     client: Client,
@@ -477,32 +511,8 @@ pub async fn run(
     concurrency: u16,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let mut config = watcher::Config::default();
-    if let Some(sel) = &selector {
-        config = config.labels(sel);
-    }
-    let ccrs: Api<ClusterRegistryCredential> = Api::all(client.clone());
     let (ccr_reader, ccr_writer) = reflector::store();
-    let (metrics, live, forget) = (base.metrics.clone(), ccr_reader.clone(), base.clone());
-    let ccr_stream = watcher(ccrs, config)
-        .default_backoff()
-        .modify(|c| {
-            c.managed_fields_mut().clear();
-        })
-        .reflect(ccr_writer)
-        .inspect(move |ev| match ev {
-            Ok(watcher::Event::Delete(c)) => {
-                metrics.forget("", &c.name_any());
-                forget.attempts.forget("", &c.name_any());
-            }
-            Ok(watcher::Event::InitDone) => {
-                let names: Vec<(String, String)> = live.state().iter().map(|c| (String::new(), c.name_any())).collect();
-                metrics.retain_only(&names, true);
-            }
-            _ => {}
-        })
-        .touched_objects();
-
+    let ccr_stream = credential_stream(&base, Api::all(client.clone()), selector.as_deref(), ccr_writer, ccr_reader.clone());
     let (namespaces, ns_writer) = reflector::store();
     let ns_stream = watcher(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), watcher::Config::default())
         .default_backoff()

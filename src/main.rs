@@ -104,9 +104,25 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     info!(server = %version.git_version, "connected to the API server");
     health.set_ready(true);
 
+    let settings = settings(&args)?;
+    // Stalled: work in flight and nothing finished for longer than any
+    // reconcile may take.
+    let progress = Arc::new(Progress::new(settings.reconcile_timeout() + std::time::Duration::from_secs(30)));
+    health.watch(progress.clone());
+
+    if !args.leader_elect {
+        run_controller(client, settings, metrics, progress, wait_true(shutdown.clone()), shutdown).await;
+        info!("regcred stopped");
+        return Ok(());
+    }
+    lead(&args, client, settings, metrics, progress, shutdown).await
+}
+
+/// What the reconciles need from the command line.
+fn settings(args: &RunArgs) -> anyhow::Result<Settings> {
     let egress = EgressPolicy::new(args.egress_deny_cidrs.clone(), args.egress_allow_hosts.clone())
         .map_err(|e| anyhow::anyhow!("--egress-deny-cidrs: {e}"))?;
-    let settings = Settings {
+    Ok(Settings {
         namespace: args.watch_namespace.clone(),
         selector: args.selector.clone(),
         concurrency: args.concurrency,
@@ -126,18 +142,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         mint_timeout: std::time::Duration::from_secs(u64::from(args.mint_timeout_seconds)),
         operator_namespace: args.leader_election_namespace.clone(),
         restart_stuck_pods: args.restart_stuck_pods,
-    };
-    // Stalled: work in flight and nothing finished for longer than any
-    // reconcile may take.
-    let progress = Arc::new(Progress::new(settings.reconcile_timeout() + std::time::Duration::from_secs(30)));
-    health.watch(progress.clone());
+    })
+}
 
-    if !args.leader_elect {
-        run_controller(client, settings, metrics, progress, wait_true(shutdown.clone()), shutdown).await;
-        info!("regcred stopped");
-        return Ok(());
-    }
-
+/// Stand by until this replica holds the leader lease, then run the
+/// controller until SIGTERM or the lease is lost; release the lease on the
+/// way out so a standby takes over at once.
+async fn lead(
+    args: &RunArgs,
+    client: kube::Client,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    progress: Arc<Progress>,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let lease = LeaseManagerBuilder::new(client.clone(), &args.leader_election_lease_name)
         .with_namespace(&args.leader_election_namespace)
         .with_identity(&args.instance)
