@@ -27,7 +27,7 @@ use crate::finalizer::{has_finalizer, set_finalizer};
 use crate::index::ReferenceIndex;
 use crate::memo::Cached;
 use crate::metrics::CredentialLabels;
-use crate::report::{self, Subject};
+use crate::report::{self, Failure, Subject};
 use crate::revoke::{self, RevokeTask};
 use crate::schedule::{self, Decision, SecretState};
 use crate::secret;
@@ -81,23 +81,13 @@ async fn stopped(ctx: &Context, cached: &RegistryCredential, why: &'static str, 
     let s = subject(&cr);
     ctx.metrics.seen(&s.labels);
     let not_after = prev.not_after;
-    record_failure(ctx, &cr, &s, &prev, &inputs, why, message, not_after).await
+    record_failure(ctx, &cr, &s, &prev, &inputs, Failure { why, message, current_not_after: not_after }).await
 }
 
 /// Fail one attempt: status (then the backoff paces the retry), Event, metrics.
-#[allow(clippy::too_many_arguments)]
-async fn record_failure(
-    ctx: &Context,
-    cr: &RegistryCredential,
-    s: &Subject,
-    prev: &RegistryCredentialStatus,
-    inputs: &str,
-    why: &'static str,
-    message: String,
-    current_not_after: Option<DateTime<Utc>>,
-) -> Result<Action, Error> {
+async fn record_failure(ctx: &Context, cr: &RegistryCredential, s: &Subject, prev: &RegistryCredentialStatus, inputs: &str, f: Failure) -> Result<Action, Error> {
     let now = (ctx.now)();
-    let (st, retry_at) = report::failed(ctx, s, prev, inputs, why, message, current_not_after, now).await;
+    let (st, retry_at) = report::failed(ctx, s, prev, inputs, f, now).await;
     write_status(ctx, cr, &st).await?;
     Ok(Action::requeue(schedule::requeue_after(now, retry_at)))
 }
@@ -285,7 +275,7 @@ async fn rotate(
         Outcome::Rotated { minted, renewal, written } => (minted, renewal, written),
         Outcome::Failed { reason, message } => {
             let not_after = attempt::current_not_after(&g.state);
-            return record_failure(ctx, cr, s, &prev, &g.inputs, reason, message, not_after).await;
+            return record_failure(ctx, cr, s, &prev, &g.inputs, Failure { why: reason, message, current_not_after: not_after }).await;
         }
         Outcome::Contended => {
             // What we thought of the Secret was wrong: read it next time

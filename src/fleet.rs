@@ -31,7 +31,7 @@ use crate::attempt::{self, Minter, Outcome, Request, Seen, Target};
 use crate::context::{guard, kube_err, publish_to, Context, Error, Guarded};
 use crate::finalizer::{has_finalizer, set_finalizer};
 use crate::metrics::CredentialLabels;
-use crate::report::{self, Subject};
+use crate::report::{self, Failure, Subject};
 use crate::schedule::{self, Decision};
 use crate::secret::{self, Placement, WriteError};
 use crate::serviceaccounts;
@@ -118,7 +118,7 @@ async fn stopped(ctx: &FleetContext, name: &str, why: &'static str, message: Str
     let mut st = ccr.status.clone().unwrap_or_default();
     let prev = st.credential.clone();
     let inputs = prev.observed_inputs.clone().unwrap_or_default();
-    let (credential, retry_at) = report::failed(&ctx.base, &subject(&ccr), &prev, &inputs, why, message, prev.not_after, now).await;
+    let (credential, retry_at) = report::failed(&ctx.base, &subject(&ccr), &prev, &inputs, Failure { why, message, current_not_after: prev.not_after }, now).await;
     st.credential = credential;
     let body = serde_json::json!({"apiVersion": "regcred.dev/v1alpha1", "kind": KIND, "status": st});
     api.patch_status(name, &PatchParams::apply(api::FIELD_MANAGER).force(), &Patch::Apply(body))
@@ -237,7 +237,8 @@ async fn credential(ctx: &FleetContext, ccr: &ClusterRegistryCredential, s: &Sub
     match attempt::attempt(base, &req, &target).await? {
         Outcome::Rotated { minted, renewal, written } => step(report::rotated(base, s, &prev, &inputs, &minted, &renewal, now).await, renewal.at, Some(written)),
         Outcome::Failed { reason, message } => {
-            let (st, retry_at) = report::failed(base, s, &prev, &inputs, reason, message, attempt::current_not_after(&state), now).await;
+            let f = Failure { why: reason, message, current_not_after: attempt::current_not_after(&state) };
+            let (st, retry_at) = report::failed(base, s, &prev, &inputs, f, now).await;
             step(st, retry_at, home)
         }
         Outcome::Contended => Ok(None),

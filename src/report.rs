@@ -76,19 +76,19 @@ pub async fn rotated(
     st
 }
 
+/// Why an attempt failed, and the expiry of the credential the Secret
+/// still holds (the backoff keeps retries inside its life).
+pub struct Failure {
+    pub why: &'static str,
+    /// Redacted already.
+    pub message: String,
+    pub current_not_after: Option<DateTime<Utc>>,
+}
+
 /// A failed attempt: the Secret stays as it is; status, Event and metrics
 /// say why; the retry comes after the backoff (returned).
-#[allow(clippy::too_many_arguments)]
-pub async fn failed(
-    ctx: &Context,
-    s: &Subject,
-    prev: &RegistryCredentialStatus,
-    inputs: &str,
-    why: &'static str,
-    message: String,
-    current_not_after: Option<DateTime<Utc>>,
-    now: DateTime<Utc>,
-) -> (RegistryCredentialStatus, DateTime<Utc>) {
+pub async fn failed(ctx: &Context, s: &Subject, prev: &RegistryCredentialStatus, inputs: &str, f: Failure, now: DateTime<Utc>) -> (RegistryCredentialStatus, DateTime<Utc>) {
+    let Failure { why, message, current_not_after } = f;
     let failures = (prev.failed_attempts.max(0) as u32).saturating_add(1);
     let retry_at = schedule::add(now, schedule::backoff(failures, s.seed, now, current_not_after));
     let l = &s.labels;
