@@ -137,6 +137,9 @@ class Soak:
         self.expired = []  # (time, secret, not_after, declared)
         self.lost = []  # (time, secret)
         self.samples = 0
+        # The longest time between two reads of the Secrets while the API
+        # server answered: an expired moment longer than this is never missed.
+        self.longest_gap = 0.0
         self.sample_errors = 0
         self.tokens_seen = set()
         self.inactive_tokens = []
@@ -278,14 +281,19 @@ class Soak:
 
     def sampler(self):
         known = set()
+        last = None
         while not self.stop.is_set():
             secrets = self.list_secrets()
             now = time.time()
             if secrets is None:
                 self.sample_errors += 1  # the API server is down: nothing to read
+                last = None
                 time.sleep(0.25)
                 continue
             self.samples += 1
+            if last is not None:
+                self.longest_gap = max(self.longest_gap, now - last)
+            last = now
             for name, kind in self.kinds.items():
                 s = secrets.get(name)
                 if s is None:
@@ -453,6 +461,7 @@ class Soak:
         report = {
             "minutes": round(elapsed / 60, 1), "credentials": len(self.kinds), "by_kind": count,
             "samples": self.samples, "samples_while_api_down": self.sample_errors,
+            "longest_sample_gap_s": round(self.longest_gap, 2),
             "expired_moments": len(undeclared), "expired_moments_in_declared_outage": len(self.expired) - len(undeclared),
             "secrets_expired_per_declared_outage": {k: len(v) for k, v in during.items()},
             "expired_examples": [e[:3] for e in undeclared[:5]],
