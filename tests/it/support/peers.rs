@@ -450,7 +450,7 @@ impl OAuth2Server {
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
         let secret = format!("client-secret-{}", &sha256_hex(format!("{}-{nanos}", std::process::id()).as_bytes())[..32]);
         let mut s = Self { port: free_port(), secret, ttl: ttl_seconds, dir: TempDir::new("oauth2"), proc: None, tls: None };
-        s.resume().await;
+        s.launch().await;
         s
     }
 
@@ -466,7 +466,7 @@ impl OAuth2Server {
             client: mutual.then(|| (certs.path("client.crt"), certs.path("client.key"))),
         };
         let mut s = Self { port: free_port(), secret, ttl: ttl_seconds, dir: TempDir::new("oauth2"), proc: None, tls: Some(tls) };
-        s.resume().await;
+        s.launch().await;
         s
     }
 
@@ -495,8 +495,28 @@ impl OAuth2Server {
         b.build().unwrap()
     }
 
-    /// Start (again) on the same port.
+    /// The first start. The port was free when chosen, but any process may
+    /// bind it before the server does (an ephemeral port): then the server
+    /// exits, and it gets another port.
+    async fn launch(&mut self) {
+        for _ in 0..5 {
+            if self.spawn_listening().await {
+                return;
+            }
+            self.port = free_port();
+        }
+        panic!("the OAuth2 server found no free port in 5 tries");
+    }
+
+    /// Start again on the same port (after [`stop`](Self::stop)).
     pub async fn resume(&mut self) {
+        assert!(self.spawn_listening().await, "the OAuth2 server could not listen on port {} again", self.port);
+    }
+
+    /// Spawn the server on `self.port` and wait until it says it listens
+    /// there (its own line, not a connection that anything on the port
+    /// would accept); false when it exited first.
+    async fn spawn_listening(&mut self) -> bool {
         let script = peers().path("OAUTH2_SERVER");
         let mut cmd = Command::new("node");
         cmd.arg(script)
@@ -512,8 +532,20 @@ impl OAuth2Server {
         }
         let n = NEXT_DIR.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = self.dir.join(&format!("oauth2-{n}.log"));
-        self.proc = Some(Proc::spawn(cmd, log));
-        wait_port(self.port).await;
+        let proc = self.proc.insert(Proc::spawn(cmd, log));
+        let listening = format!("LISTENING {}", self.port);
+        for _ in 0..300 {
+            if proc.output().contains(&listening) {
+                return true;
+            }
+            if !proc.is_running() {
+                eprintln!("the OAuth2 server exited before listening on {}:\n{}", self.port, proc.output());
+                self.proc = None;
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the OAuth2 server did not listen on {} within 15 s:\n{}", self.port, proc.output());
     }
 
     pub fn stop(&mut self) {
