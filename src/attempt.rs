@@ -154,6 +154,15 @@ pub struct Minter<'a> {
     pub secrets_dir: Option<&'a std::path::Path>,
 }
 
+impl Minter<'_> {
+    /// The credential, for the attempt memory: (its namespace, "" when
+    /// cluster-scoped; its name). A namespaced credential's Secrets live in
+    /// its own namespace.
+    pub fn key(&self) -> (&str, &str) {
+        (if self.cluster_scoped { "" } else { self.refs_namespace }, self.name)
+    }
+}
+
 /// Run `f` until `deadline`; past it, a [`SourceError::Deadline`] saying `what`.
 pub async fn within<T>(
     deadline: Instant,
@@ -240,8 +249,6 @@ pub struct Target<'a> {
 
 /// What one attempt asks of its source.
 pub struct Request<'a> {
-    /// The credential, for the attempt memory: (namespace, "" when cluster-scoped; name).
-    pub key: (&'a str, &'a str),
     pub who: Minter<'a>,
     pub source: &'a CredentialSource,
     pub renewal: &'a Renewal,
@@ -263,7 +270,8 @@ pub enum Outcome {
 /// Mint, then write; a write that lost a race is tried once more with the
 /// same credential against a fresh read.
 pub async fn attempt(ctx: &Context, req: &Request<'_>, target: &Target<'_>) -> Result<Outcome, Error> {
-    ctx.attempts.started(req.key.0, req.key.1, req.now);
+    let (ns, name) = req.who.key();
+    ctx.attempts.started(ns, name, req.now);
     let minted = async {
         let (minted, renewal) = mint(ctx, &req.who, req.source, req.renewal, req.now).await?;
         // Empty or oversized: the source's answer is unusable.

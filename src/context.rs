@@ -230,6 +230,15 @@ pub async fn contain_panic<F: std::future::Future>(f: F) -> Result<F::Output, St
     })
 }
 
+/// How long recording why a reconcile stopped may take: the API server it
+/// needs may be what held the reconcile up.
+pub const RECORD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Run the recording of a stopped reconcile under [`RECORD_TIMEOUT`].
+pub async fn bounded<T>(f: impl std::future::Future<Output = Result<T, Error>>) -> Result<T, Error> {
+    tokio::time::timeout(RECORD_TIMEOUT, f).await.unwrap_or(Err(Error::Deadline(RECORD_TIMEOUT)))
+}
+
 /// How a guarded reconcile ended.
 pub enum Guarded<T> {
     Done(T),

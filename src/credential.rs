@@ -22,7 +22,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::api::{self, RegistryCredential, RegistryCredentialStatus};
 use crate::attempt::{self, Minter, Outcome, Request, Seen, Target};
-use crate::context::{guard, kube_err, Context, Error, Guarded, NAMESPACE_SLOT_WAIT};
+use crate::context::{bounded, guard, kube_err, Context, Error, Guarded, NAMESPACE_SLOT_WAIT};
 use crate::finalizer::{has_finalizer, set_finalizer};
 use crate::index::ReferenceIndex;
 use crate::memo::Cached;
@@ -47,13 +47,13 @@ pub async fn reconcile(cr: Arc<RegistryCredential>, ctx: Arc<Context>) -> Result
         // A deadline is a failure like any other: recorded, backed off.
         Guarded::Deadline(d) => {
             let message = format!("the reconcile did not finish within {}s; retrying with backoff", d.as_secs());
-            stopped(&ctx, &cr, reason::MINT_FAILED, message).await
+            bounded(stopped(&ctx, &cr, reason::MINT_FAILED, message)).await
         }
         Guarded::Panicked(panic) => {
             // The panic message is ours (never secret material), but keep it in the log only.
             error!(namespace = %ns, name = %name, panic = %panic, "a reconcile panicked; the credential is failed and retried");
             let message = "an internal error stopped this reconcile (see the operator log); retrying with backoff".to_string();
-            stopped(&ctx, &cr, reason::INTERNAL_ERROR, message).await
+            bounded(stopped(&ctx, &cr, reason::INTERNAL_ERROR, message)).await
         }
     }
 }
@@ -148,7 +148,7 @@ async fn reconcile_inner(cached: &RegistryCredential, ctx: &Context) -> Result<A
             debug!(namespace = %s.labels.namespace, name = %s.labels.name, until = %at, "nothing to do yet");
             report::waiting(ctx, &s, &prev, &g.state, at);
             if matches!(&g.state, SecretState::Ours(o) if o.intact) {
-                sync_accounts(ctx, cr, &s, prev).await?;
+                sync_accounts(ctx, cr, &s).await?;
             }
             Ok(Action::requeue(schedule::requeue_after(now, at)))
         }
@@ -270,7 +270,7 @@ async fn rotate(
     let render = |m: &crate::source::Minted, r: schedule::Renewal| secret::desired(cr, m, &g.inputs, r.at);
     let target = Target { secrets: &secrets, name: &secret_name, existing: g.meta.clone(), ours: &ours, render: &render };
     let who = Minter { refs_namespace: &ns, name: &name, cluster_scoped: false, seed: s.seed, secrets_dir: None };
-    let req = Request { key: (&ns, &name), who, source: &cr.spec.source, renewal: &cr.spec.renewal, now };
+    let req = Request { who, source: &cr.spec.source, renewal: &cr.spec.renewal, now };
     let (minted, renewal, written) = match attempt::attempt(ctx, &req, &target).await? {
         Outcome::Rotated { minted, renewal, written } => (minted, renewal, written),
         Outcome::Failed { reason, message } => {
@@ -296,19 +296,19 @@ async fn rotate(
             RevokeTask::new(ctx, &cr.spec.source, &ns, cr.object_ref(&()), (ns.clone(), name.clone())).spawn_after(token, revoke::delay(&revocation));
         }
     }
-    let st = sync_accounts(ctx, cr, s, st).await?;
+    sync_accounts(ctx, cr, s).await?;
     restart_stuck(ctx, cr, s, st).await?;
     Ok(Action::requeue(schedule::requeue_after((ctx.now)(), renewal.at)))
 }
 
 /// Bring the namespace's ServiceAccounts in line with `spec.serviceAccounts`.
-async fn sync_accounts(ctx: &Context, cr: &RegistryCredential, s: &Subject, st: RegistryCredentialStatus) -> Result<RegistryCredentialStatus, Error> {
-    let Some(selection) = cr.spec.service_accounts.as_ref() else { return Ok(st) };
+async fn sync_accounts(ctx: &Context, cr: &RegistryCredential, s: &Subject) -> Result<(), Error> {
+    let Some(selection) = cr.spec.service_accounts.as_ref() else { return Ok(()) };
     let accounts = list_accounts(ctx, &s.labels.namespace).await?;
     serviceaccounts::sync_namespace(&ctx.client, &s.labels.namespace, &accounts, &s.secret_name, Some(selection))
         .await
         .map_err(kube_err("updating ServiceAccounts"))?;
-    Ok(st)
+    Ok(())
 }
 
 async fn list_accounts(ctx: &Context, ns: &str) -> Result<Vec<ServiceAccount>, Error> {

@@ -28,7 +28,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::api::{self, ClusterRegistryCredential, ClusterRegistryCredentialStatus, NamespaceFailure, RegistryCredentialStatus};
 use crate::attempt::{self, Minter, Outcome, Request, Seen, Target};
-use crate::context::{guard, kube_err, publish_to, Context, Error, Guarded};
+use crate::context::{bounded, guard, kube_err, publish_to, Context, Error, Guarded};
 use crate::finalizer::{has_finalizer, set_finalizer};
 use crate::metrics::CredentialLabels;
 use crate::report::{self, Failure, Subject};
@@ -98,7 +98,7 @@ pub async fn reconcile(ccr: Arc<ClusterRegistryCredential>, ctx: Arc<FleetContex
         // A deadline is a failure like any other: recorded, backed off.
         Guarded::Deadline(d) => {
             let message = format!("the reconcile did not finish within {}s; retrying with backoff", d.as_secs());
-            stopped(&ctx, &name, reason::MINT_FAILED, message).await
+            bounded(stopped(&ctx, &name, reason::MINT_FAILED, message)).await
         }
         Guarded::Panicked(panic) => {
             error!(name = %name, panic = %panic, "a fleet reconcile panicked; retrying later");
@@ -120,11 +120,20 @@ async fn stopped(ctx: &FleetContext, name: &str, why: &'static str, message: Str
     let inputs = prev.observed_inputs.clone().unwrap_or_default();
     let (credential, retry_at) = report::failed(&ctx.base, &subject(&ccr), &prev, &inputs, Failure { why, message, current_not_after: prev.not_after }, now).await;
     st.credential = credential;
+    write_status(&api, &ccr, &st).await?;
+    Ok(Action::requeue(schedule::requeue_after(now, retry_at)))
+}
+
+/// Apply the fleet's status (server-side apply), unless it is unchanged.
+async fn write_status(api: &Api<ClusterRegistryCredential>, ccr: &ClusterRegistryCredential, st: &ClusterRegistryCredentialStatus) -> Result<(), Error> {
+    if ccr.status.as_ref() == Some(st) {
+        return Ok(());
+    }
     let body = serde_json::json!({"apiVersion": "regcred.dev/v1alpha1", "kind": KIND, "status": st});
-    api.patch_status(name, &PatchParams::apply(api::FIELD_MANAGER).force(), &Patch::Apply(body))
+    api.patch_status(&ccr.name_any(), &PatchParams::apply(api::FIELD_MANAGER).force(), &Patch::Apply(body))
         .await
         .map_err(kube_err("writing status"))?;
-    Ok(Action::requeue(schedule::requeue_after(now, retry_at)))
+    Ok(())
 }
 
 async fn reconcile_inner(cached: &ClusterRegistryCredential, ctx: &FleetContext) -> Result<Action, Error> {
@@ -158,12 +167,7 @@ async fn reconcile_inner(cached: &ClusterRegistryCredential, ctx: &FleetContext)
         let note = st.credential.conditions.iter().find(|c| c.type_ == api::DEGRADED).map(|c| c.message.clone());
         publish_to(&ctx.base, &s.about, EventType::Warning, "NamespacesFailed", note).await;
     }
-    if ccr.status.as_ref() != Some(&st) {
-        let body = serde_json::json!({"apiVersion": "regcred.dev/v1alpha1", "kind": KIND, "status": st});
-        api.patch_status(&s.labels.name, &PatchParams::apply(api::FIELD_MANAGER).force(), &Patch::Apply(body))
-            .await
-            .map_err(kube_err("writing status"))?;
-    }
+    write_status(&api, &ccr, &st).await?;
     let ready = st.credential.conditions.iter().any(|c| c.type_ == api::READY && c.status == "True");
     ctx.base.metrics.ready.get_or_create(&s.labels).set(i64::from(ready));
     debug!(name = %s.labels.name, targets = st.target_namespaces, synced = st.synced_namespaces, failed = st.failed_namespaces, "fleet reconciled");
@@ -233,7 +237,7 @@ async fn credential(ctx: &FleetContext, ccr: &ClusterRegistryCredential, s: &Sub
     let render = |m: &crate::source::Minted, r: schedule::Renewal| secret::desired_at(&place, m, &inputs, r.at);
     let target = Target { secrets: &homes, name: &home_secret, existing: home.as_ref().map(|h| h.metadata.clone()), ours: &ours, render: &render };
     let who = Minter { refs_namespace: &refs_ns, name: &name, cluster_scoped: true, seed: s.seed, secrets_dir: None };
-    let req = Request { key: ("", &name), who, source: &ccr.spec.source, renewal: &ccr.spec.renewal, now };
+    let req = Request { who, source: &ccr.spec.source, renewal: &ccr.spec.renewal, now };
     match attempt::attempt(base, &req, &target).await? {
         Outcome::Rotated { minted, renewal, written } => step(report::rotated(base, s, &prev, &inputs, &minted, &renewal, now).await, renewal.at, Some(written)),
         Outcome::Failed { reason, message } => {

@@ -6,14 +6,15 @@
 //! 1. Foundations: `api` (the CRD types), `schedule` (pure time math and the
 //!    decision), `egress`, `source` (minting from each kind of source),
 //!    `secret` (rendering and writing the pull Secret), `status` (status
-//!    values), `memo` (what regcred remembers of its own writes), `metrics`,
-//!    `telemetry`, `crdgen`.
+//!    values), `memo` (what regcred remembers of its own writes and
+//!    attempts), `metrics`, `telemetry`, `crdgen`.
 //! 2. `context`: settings, the shared state of every reconcile, deadlines,
 //!    the panic backstop, Events.
 //! 3. The parts of a reconcile: `index` (which credentials read which
 //!    Secret), `finalizer`, `revoke` (RFC 7009), `serviceaccounts`,
 //!    `report` (status, Events and metrics of an outcome), `attempt` (decide
-//!    → mint → verify → write), `remediate` (restarting Pods stuck pulling).
+//!    → mint under one deadline → verify → write), `remediate`
+//!    (restarting Pods stuck pulling).
 //! 4. Each kind's reconcile and wiring: `credential` (RegistryCredential),
 //!    `fleet` (ClusterRegistryCredential).
 //! 5. `controller` (both kinds wired together), then `http` (health and
