@@ -31,7 +31,7 @@ use crate::report::{self, Failure, Subject};
 use crate::revoke::{self, RevokeTask};
 use crate::schedule::{self, Decision, SecretState};
 use crate::secret;
-use crate::serviceaccounts;
+use crate::serviceaccounts::{self, Want};
 use crate::status::reason;
 
 pub async fn reconcile(cr: Arc<RegistryCredential>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -148,7 +148,7 @@ async fn reconcile_inner(cached: &RegistryCredential, ctx: &Context) -> Result<A
             debug!(namespace = %s.labels.namespace, name = %s.labels.name, until = %at, "nothing to do yet");
             report::waiting(ctx, &s, &prev, &g.state, at);
             if matches!(&g.state, SecretState::Ours(o) if o.intact) {
-                sync_accounts(ctx, cr, &s).await?;
+                sync_accounts(ctx, cr, &s, prev).await?;
             }
             Ok(Action::requeue(schedule::requeue_after(now, at)))
         }
@@ -215,7 +215,8 @@ async fn finalize(ctx: &Context, cr: &RegistryCredential) -> Result<Option<Actio
     }
     if has_finalizer(cr) {
         let accounts = list_accounts(ctx, &ns).await?;
-        serviceaccounts::sync_namespace(&ctx.client, &ns, &accounts, &cr.secret_name(), None)
+        let uid = cr.metadata.uid.clone().unwrap_or_default();
+        serviceaccounts::sync(&ctx.client, &accounts, &cr.secret_name(), &uid, |_| Want::Gone)
             .await
             .map_err(kube_err("removing ServiceAccount entries"))?;
         set_finalizer(&crs, cr, false).await.map_err(kube_err("removing the finalizer"))?;
@@ -296,19 +297,28 @@ async fn rotate(
             RevokeTask::new(ctx, &cr.spec.source, &ns, cr.object_ref(&()), (ns.clone(), name.clone())).spawn_after(token, revoke::delay(&revocation));
         }
     }
-    sync_accounts(ctx, cr, s).await?;
+    let st = sync_accounts(ctx, cr, s, st).await?;
     restart_stuck(ctx, cr, s, st).await?;
     Ok(Action::requeue(schedule::requeue_after((ctx.now)(), renewal.at)))
 }
 
-/// Bring the namespace's ServiceAccounts in line with `spec.serviceAccounts`.
-async fn sync_accounts(ctx: &Context, cr: &RegistryCredential, s: &Subject) -> Result<(), Error> {
-    let Some(selection) = cr.spec.service_accounts.as_ref() else { return Ok(()) };
+/// Bring the namespace's ServiceAccounts in line with `spec.serviceAccounts`
+/// (called only while the Secret holds our credential), and report entries
+/// another credential owns. Returns the status as written.
+async fn sync_accounts(ctx: &Context, cr: &RegistryCredential, s: &Subject, st: RegistryCredentialStatus) -> Result<RegistryCredentialStatus, Error> {
+    let Some(selection) = cr.spec.service_accounts.as_ref() else { return Ok(st) };
     let accounts = list_accounts(ctx, &s.labels.namespace).await?;
-    serviceaccounts::sync_namespace(&ctx.client, &s.labels.namespace, &accounts, &s.secret_name, Some(selection))
+    let uid = cr.metadata.uid.clone().unwrap_or_default();
+    let want = |sa: &ServiceAccount| if serviceaccounts::selects(Some(selection), sa) { Want::Entry } else { Want::Gone };
+    let synced = serviceaccounts::sync(&ctx.client, &accounts, &s.secret_name, &uid, want)
         .await
         .map_err(kube_err("updating ServiceAccounts"))?;
-    Ok(())
+    let mut next = st.clone();
+    report::clash(ctx, s, &st, &mut next, synced.clash_message(&s.secret_name), (ctx.now)()).await;
+    if next != st {
+        write_status(ctx, cr, &next).await?;
+    }
+    Ok(next)
 }
 
 async fn list_accounts(ctx: &Context, ns: &str) -> Result<Vec<ServiceAccount>, Error> {

@@ -26,7 +26,7 @@ use kube::runtime::WatchStreamExt;
 use kube::{Client, Resource, ResourceExt};
 use tracing::{debug, error, info, warn};
 
-use crate::api::{self, ClusterRegistryCredential, ClusterRegistryCredentialStatus, NamespaceFailure, RegistryCredentialStatus};
+use crate::api::{self, ClusterRegistryCredential, ClusterRegistryCredentialStatus, NamespaceFailure, RegistryCredentialStatus, ServiceAccountSelection};
 use crate::attempt::{self, Minter, Outcome, Request, Seen, Target};
 use crate::context::{bounded, guard, kube_err, publish_to, Context, Error, Guarded};
 use crate::finalizer::{has_finalizer, set_finalizer};
@@ -34,7 +34,7 @@ use crate::metrics::CredentialLabels;
 use crate::report::{self, Failure, Subject};
 use crate::schedule::{self, Decision};
 use crate::secret::{self, Placement, WriteError};
-use crate::serviceaccounts;
+use crate::serviceaccounts::{self, Want};
 use crate::status::reason;
 
 const KIND: &str = "ClusterRegistryCredential";
@@ -56,6 +56,25 @@ pub struct FleetContext {
     pub accounts: Store<ServiceAccount>,
     /// Where home Secrets live and, by default, what sources read.
     pub home_namespace: String,
+    /// The resourceVersion of each copy (namespace, name) as regcred last
+    /// wrote or checked it: a copy at any other version may have been
+    /// edited (its data is not in the metadata cache), so it is read and
+    /// compared before it counts as current.
+    pub written: std::sync::Mutex<std::collections::HashMap<(String, String), String>>,
+}
+
+impl FleetContext {
+    fn remember(&self, ns: &str, name: &str, rv: Option<&String>) {
+        let mut w = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        match rv {
+            Some(rv) => w.insert((ns.to_string(), name.to_string()), rv.clone()),
+            None => w.remove(&(ns.to_string(), name.to_string())),
+        };
+    }
+
+    fn written_at(&self, ns: &str, name: &str) -> Option<String> {
+        self.written.lock().unwrap_or_else(|e| e.into_inner()).get(&(ns.to_string(), name.to_string())).cloned()
+    }
 }
 
 /// The home Secret's name: `regcred-cluster-<name>`, shortened with a hash
@@ -162,7 +181,9 @@ async fn reconcile_inner(cached: &ClusterRegistryCredential, ctx: &FleetContext)
         return Ok(Action::requeue(Duration::from_secs(1)));
     };
     let fan = fan_out(ctx, &ccr, step.home.as_ref()).await;
-    let st = fleet_status(&ccr, step.status, &fan, now);
+    let mut st = fleet_status(&ccr, step.status, &fan, now);
+    let prev = ccr.status.clone().unwrap_or_default().credential;
+    report::clash(&ctx.base, &s, &prev, &mut st.credential, fan.clash.clone(), now).await;
     if ccr.status.as_ref().is_none_or(|p| p.failed_namespaces == 0) && st.failed_namespaces > 0 {
         let note = st.credential.conditions.iter().find(|c| c.type_ == api::DEGRADED).map(|c| c.message.clone());
         publish_to(&ctx.base, &s.about, EventType::Warning, "NamespacesFailed", note).await;
@@ -184,9 +205,9 @@ async fn finalize(ctx: &FleetContext, api: &Api<ClusterRegistryCredential>, ccr:
     if !has_finalizer(ccr) {
         return Ok(());
     }
-    let (name, uid) = (ccr.name_any(), ccr.metadata.uid.clone().unwrap_or_default());
-    let ours = namespaces_with_our_secret(ctx, &uid, &home_name(&name));
-    sync_accounts(ctx, ccr, &ccr.secret_name(), &BTreeSet::new(), &ours, false).await?;
+    let uid = ccr.metadata.uid.clone().unwrap_or_default();
+    // No namespace is targeted any more: every entry this credential owns goes.
+    sync_accounts(ctx, ccr, &uid, &ccr.secret_name(), &BTreeSet::new(), &BTreeSet::new()).await?;
     set_finalizer(api, ccr, false).await.map_err(kube_err("removing the finalizer"))
 }
 
@@ -254,6 +275,8 @@ struct Fan {
     targets: BTreeSet<String>,
     synced: i32,
     failures: Vec<NamespaceFailure>,
+    /// ServiceAccount entries wanted but owned by another credential.
+    clash: Option<String>,
 }
 
 /// Every target namespace gets a copy of the home Secret (when it holds a
@@ -272,7 +295,7 @@ async fn fan_out(ctx: &FleetContext, ccr: &ClusterRegistryCredential, home: Opti
             ccr.targets(&ns, &n.metadata.labels.clone().unwrap_or_default()).then_some(ns)
         })
         .collect();
-    let mut fan = Fan { targets, synced: 0, failures: Vec::new() };
+    let mut fan = Fan { targets, synced: 0, failures: Vec::new(), clash: None };
     if let Some(home) = home_ok {
         let (ccr_ref, uid_ref, name_ref) = (ccr, uid.as_str(), secret_name.as_str());
         let writes = fan.targets.iter().cloned().map(|ns| async move { sync_secret(ctx, ccr_ref, uid_ref, name_ref, &ns, home).await });
@@ -287,15 +310,19 @@ async fn fan_out(ctx: &FleetContext, ccr: &ClusterRegistryCredential, home: Opti
     // Namespaces that left the selection lose our Secret and entries (only ours).
     let ours = namespaces_with_our_secret(ctx, &uid, &home_name(&name));
     let leaving: BTreeSet<String> = ours.difference(&fan.targets).cloned().collect();
-    // Entries only where our Secret is: never point a ServiceAccount at a
-    // Secret that failed or belongs to someone else.
+    // New entries only where our Secret was just written or found current:
+    // never point a ServiceAccount at a Secret that failed or is someone
+    // else's. A failure adds nothing and removes nothing (the previous
+    // Secret is still there); entries go with their Secret only.
     let failed_ns: BTreeSet<&str> = fan.failures.iter().map(|f| f.namespace.as_str()).collect();
     let fed: BTreeSet<String> =
         if home_ok.is_some() { fan.targets.iter().filter(|n| !failed_ns.contains(n.as_str())).cloned().collect() } else { BTreeSet::new() };
-    let touched = leaving.union(&fan.targets).cloned().collect();
-    if let Err(e) = sync_accounts(ctx, ccr, &secret_name, &fed, &touched, ccr.spec.service_accounts.is_some()).await {
-        warn!(name = %name, error = %e, "updating ServiceAccounts failed; retrying");
-        fan.failures.push(NamespaceFailure { namespace: String::new(), reason: "ServiceAccountUpdateFailed".into(), message: e.to_string() });
+    match sync_accounts(ctx, ccr, &uid, &secret_name, &fan.targets, &fed).await {
+        Ok(synced) => fan.clash = synced.clash_message(&secret_name),
+        Err(e) => {
+            warn!(name = %name, error = %e, "updating ServiceAccounts failed; retrying");
+            fan.failures.push(NamespaceFailure { namespace: String::new(), reason: "ServiceAccountUpdateFailed".into(), message: e.to_string() });
+        }
     }
     for ns in &leaving {
         release_secret(ctx, ccr, &uid, &secret_name, ns).await;
@@ -352,7 +379,10 @@ async fn release_secret(ctx: &FleetContext, ccr: &ClusterRegistryCredential, uid
     }});
     let api: Api<Secret> = Api::namespaced(ctx.base.client.clone(), ns);
     match api.patch(secret_name, &PatchParams::default(), &Patch::Merge(patch)).await {
-        Ok(_) => info!(name = %ccr.name_any(), namespace = %ns, "namespace left the selection; its Secret goes to the garbage collector"),
+        Ok(_) => {
+            ctx.remember(ns, secret_name, None);
+            info!(name = %ccr.name_any(), namespace = %ns, "namespace left the selection; its Secret goes to the garbage collector")
+        }
         Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
         Err(e) => warn!(name = %ccr.name_any(), namespace = %ns, error = %crate::source::summarize_kube_error(&e), "releasing a Secret failed"),
     }
@@ -385,7 +415,7 @@ async fn sync_secret(
     let cached = ctx.owned.get(&ObjectRef::new(secret_name).within(ns));
     let existing = match cached {
         Some(m) if secret::is_controlled_by(&m.metadata, uid, KIND) => {
-            if up_to_date(&m.metadata, &desired.metadata) {
+            if up_to_date(&m.metadata, &desired.metadata) && data_current(ctx, &api, &m.metadata, &desired).await {
                 return Ok(());
             }
             Some(m.metadata.clone())
@@ -394,13 +424,14 @@ async fn sync_secret(
         Some(_) => return Err(fail(reason::SECRET_CONFLICT, conflict_message(secret_name))),
         None => None,
     };
+    let written = |w: Secret| ctx.remember(ns, secret_name, w.metadata.resource_version.as_ref());
     match secret::write_over(&api, existing.as_ref(), desired.clone()).await {
-        Ok(_) => Ok(()),
+        Ok(w) => Ok(written(w)),
         Err(WriteError::Conflict) => {
             // Someone's Secret of that name (not labelled as ours), or ours not cached yet.
             match api.get_opt(secret_name).await {
                 Ok(Some(s)) if secret::is_controlled_by(&s.metadata, uid, KIND) => {
-                    secret::write_over(&api, Some(&s.metadata), desired).await.map(|_| ()).map_err(|e| write_failure(ns, e))
+                    secret::write_over(&api, Some(&s.metadata), desired).await.map(written).map_err(|e| write_failure(ns, e))
                 }
                 Ok(Some(_)) => Err(fail(reason::SECRET_CONFLICT, conflict_message(secret_name))),
                 Ok(None) => Err(fail("WriteFailed", "the Secret vanished while being written; retrying".into())),
@@ -408,6 +439,24 @@ async fn sync_secret(
             }
         }
         Err(e) => Err(write_failure(ns, e)),
+    }
+}
+
+/// Does the copy (at the cached version) hold the data we would write? A
+/// version we wrote or checked says yes; any other is read and compared
+/// (someone may have edited the data, which the metadata cache cannot show).
+async fn data_current(ctx: &FleetContext, api: &Api<Secret>, cached: &kube::api::ObjectMeta, desired: &Secret) -> bool {
+    let (Some(ns), Some(name)) = (cached.namespace.as_deref(), cached.name.as_deref()) else { return false };
+    if cached.resource_version.is_some() && ctx.written_at(ns, name) == cached.resource_version {
+        return true;
+    }
+    match api.get_opt(name).await {
+        Ok(Some(s)) if s.data == desired.data && s.type_ == desired.type_ => {
+            ctx.remember(ns, name, s.metadata.resource_version.as_ref());
+            true
+        }
+        // Edited, gone or unreadable: write it (the write says which).
+        _ => false,
     }
 }
 
@@ -434,38 +483,44 @@ fn up_to_date(have: &kube::api::ObjectMeta, want: &kube::api::ObjectMeta) -> boo
     sub(&want.labels, &have.labels) && sub(&want.annotations, &have.annotations)
 }
 
-/// ServiceAccounts in `namespaces`: those in `fed` namespaces that
-/// `serviceAccounts` selects get the entry; all others lose it if regcred
-/// added it.
+/// What the fleet wants for one ServiceAccount: in a target namespace and
+/// selected, the entry where the copy is current (`fed`), else kept as it
+/// is; anywhere else (namespace left the selection, not selected, the
+/// credential deleted) its own entry goes.
+fn want(selection: Option<&ServiceAccountSelection>, targets: &BTreeSet<String>, fed: &BTreeSet<String>, sa: &ServiceAccount) -> Want {
+    let ns = sa.metadata.namespace.as_deref().unwrap_or_default();
+    if !targets.contains(ns) || !serviceaccounts::selects(selection, sa) {
+        Want::Gone
+    } else if fed.contains(ns) {
+        Want::Entry
+    } else {
+        Want::Hold
+    }
+}
+
+/// The ServiceAccounts of target namespaces, and those anywhere that list
+/// an entry this credential owns, brought in line with [`want`].
 async fn sync_accounts(
     ctx: &FleetContext,
     ccr: &ClusterRegistryCredential,
+    uid: &str,
     secret_name: &str,
+    targets: &BTreeSet<String>,
     fed: &BTreeSet<String>,
-    namespaces: &BTreeSet<String>,
-    enabled: bool,
-) -> Result<(), Error> {
-    let selection = ccr.spec.service_accounts.as_ref().filter(|_| enabled);
-    let mut first_error = None;
-    for sa in ctx.accounts.state() {
-        let Some(ns) = sa.metadata.namespace.as_deref() else { continue };
-        if !namespaces.contains(ns) {
-            continue;
-        }
-        let name = sa.metadata.name.clone().unwrap_or_default();
-        let labels = sa.metadata.labels.clone().unwrap_or_default();
-        let wanted = fed.contains(ns) && selection.is_some_and(|s| s.selects(&name, &labels));
-        if serviceaccounts::change_for(&sa, secret_name, wanted) == serviceaccounts::Change::None {
-            continue;
-        }
-        if let Err(e) = serviceaccounts::apply(&ctx.base.client, ns, &name, secret_name, wanted).await {
-            first_error = first_error.or(Some(e));
-        }
-    }
-    match first_error {
-        Some(e) => Err(Error::Kube { step: "updating ServiceAccounts", source: e }),
-        None => Ok(()),
-    }
+) -> Result<serviceaccounts::Synced, Error> {
+    let selection = ccr.spec.service_accounts.as_ref();
+    let accounts: Vec<_> = ctx
+        .accounts
+        .state()
+        .into_iter()
+        .filter(|sa| {
+            sa.metadata.namespace.as_ref().is_some_and(|ns| targets.contains(ns))
+                || serviceaccounts::added_by_us(sa).iter().any(|r| r.secret == secret_name && r.owner.as_deref() == Some(uid))
+        })
+        .collect();
+    serviceaccounts::sync(&ctx.base.client, &accounts, secret_name, uid, |sa| want(selection, targets, fed, sa))
+        .await
+        .map_err(|e| Error::Kube { step: "updating ServiceAccounts", source: e })
 }
 
 pub fn error_policy(ccr: Arc<ClusterRegistryCredential>, err: &Error, _ctx: Arc<FleetContext>) -> Action {
@@ -543,7 +598,7 @@ pub async fn run(
         .reflect(sa_writer)
         .touched_objects();
 
-    let ctx = Arc::new(FleetContext { base, namespaces, owned, accounts, home_namespace });
+    let ctx = Arc::new(FleetContext { base, namespaces, owned, accounts, home_namespace, written: Default::default() });
     let (all, with_accounts) = (ccr_reader.clone(), ccr_reader.clone());
     let every = move |store: &Store<ClusterRegistryCredential>, only_accounts: bool| -> Vec<ObjectRef<ClusterRegistryCredential>> {
         store

@@ -129,3 +129,15 @@ pub fn waiting(ctx: &Context, s: &Subject, prev: &RegistryCredentialStatus, stat
     }
     ctx.metrics.ready.get_or_create(l).set(i64::from(ready_of(prev).is_some_and(|c| c.status == "True")));
 }
+
+/// ServiceAccount entries this credential wants but another credential owns
+/// (`clash`, a message; `None` when there are none): the condition in `st`,
+/// and one Warning Event when the clash starts.
+pub async fn clash(ctx: &Context, s: &Subject, prev: &RegistryCredentialStatus, st: &mut RegistryCredentialStatus, clash: Option<String>, now: DateTime<Utc>) {
+    let was = prev.conditions.iter().any(|c| c.type_ == status::SA_CLASH && c.status == "True");
+    status::set_clash(st, clash.clone(), s.generation, now);
+    if let (Some(note), false) = (clash, was) {
+        warn!(namespace = %s.labels.namespace, name = %s.labels.name, "{note}");
+        s.event(ctx, EventType::Warning, status::SA_CLASH, note).await;
+    }
+}

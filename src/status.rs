@@ -47,6 +47,27 @@ pub fn set_short_lived(s: &mut RegistryCredentialStatus, warning: Option<String>
     }
 }
 
+/// Condition type set while a ServiceAccount entry this credential wants
+/// is owned by another credential (both name one Secret in one namespace).
+pub const SA_CLASH: &str = "ServiceAccountClash";
+/// Its reason while True.
+pub const SA_CLASH_REASON: &str = "EntryOwnedByAnotherCredential";
+
+/// Set or clear the ServiceAccountClash condition.
+pub fn set_clash(s: &mut RegistryCredentialStatus, clash: Option<String>, generation: Option<i64>, now: DateTime<Utc>) {
+    match clash {
+        Some(message) => s.set_condition(Condition {
+            type_: SA_CLASH.into(),
+            status: "True".into(),
+            reason: SA_CLASH_REASON.into(),
+            message,
+            last_transition_time: now,
+            observed_generation: generation,
+        }),
+        None => s.conditions.retain(|c| c.type_ != SA_CLASH),
+    }
+}
+
 fn condition(status: bool, reason: &str, message: String, generation: Option<i64>, now: DateTime<Utc>) -> Condition {
     Condition {
         type_: READY.into(),

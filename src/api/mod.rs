@@ -33,8 +33,10 @@ pub const RENEWAL_ANNOTATION: &str = "regcred.dev/renewal-time";
 pub const INPUTS_ANNOTATION: &str = "regcred.dev/inputs";
 /// Digest of the data regcred wrote, to notice edits by others.
 pub const DATA_DIGEST_ANNOTATION: &str = "regcred.dev/data-digest";
-/// On a ServiceAccount: the `imagePullSecrets` entries regcred added
-/// (comma-separated Secret names), so exactly those are removed later.
+/// On a ServiceAccount: the `imagePullSecrets` entries regcred added, as
+/// comma-separated `secret=credential-uid` (the credential that owns the
+/// entry), so exactly those are removed later and by their owner only. An
+/// entry written before owners were recorded is a bare Secret name.
 pub const SA_ENTRIES_ANNOTATION: &str = "regcred.dev/image-pull-secrets";
 /// Finalizer that removes regcred's ServiceAccount entries before a
 /// credential goes (garbage collection cannot edit a list).

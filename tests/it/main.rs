@@ -8,6 +8,7 @@ mod day2;
 mod ecr;
 mod fleet;
 mod hostile;
+mod keep;
 mod local;
 mod pods;
 mod rotation;
