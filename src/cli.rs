@@ -82,6 +82,13 @@ pub struct RunArgs {
     #[arg(long, env = "REGCRED_RESTART_STUCK_PODS")]
     pub restart_stuck_pods: bool,
 
+    /// The least time between two restarts of one workload's Pods stuck
+    /// pulling (a ReplicaSet's Deployment counts as one workload), however
+    /// often its credential rotates. Pods whose image does not exist are
+    /// never restarted.
+    #[arg(long, env = "REGCRED_RESTART_STUCK_PODS_INTERVAL_SECONDS", default_value_t = 600, value_parser = clap::value_parser!(u32).range(1..=86400))]
+    pub restart_stuck_pods_interval_seconds: u32,
+
     /// Largest response body read from a token endpoint or registry, in
     /// bytes; larger answers fail the mint.
     #[arg(long, env = "REGCRED_MAX_RESPONSE_BYTES", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(1024..=1048576))]

@@ -44,6 +44,8 @@ pub struct Settings {
     pub operator_namespace: String,
     /// Credentials may ask for Pods stuck pulling to be restarted.
     pub restart_stuck_pods: bool,
+    /// The least time between two restarts of one top-level owner's Pods.
+    pub restart_stuck_pods_interval: chrono::Duration,
 }
 
 impl Settings {
@@ -66,6 +68,7 @@ impl Default for Settings {
             min_mint_interval: schedule::DEFAULT_MIN_MINT_INTERVAL,
             mint_timeout: Duration::from_secs(60),
             restart_stuck_pods: false,
+            restart_stuck_pods_interval: chrono::Duration::minutes(10),
             operator_namespace: "default".into(),
         }
     }
@@ -169,6 +172,8 @@ pub struct Context {
     pub owned_versions: crate::memo::Versions,
     /// Versions of the Secrets sources read, from their watch.
     pub source_versions: crate::memo::Versions,
+    /// When each workload's stuck Pods were last restarted (the brake).
+    pub restarts: crate::memo::Restarts,
 }
 
 impl Context {
@@ -187,6 +192,7 @@ impl Context {
             attempts: Default::default(),
             owned_versions: Default::default(),
             source_versions: Default::default(),
+            restarts: Default::default(),
         }
     }
 }

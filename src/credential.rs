@@ -334,14 +334,16 @@ async fn restart_stuck(ctx: &Context, cr: &RegistryCredential, s: &Subject, mut 
     }
     let l = &s.labels;
     let outcome = crate::remediate::restart_stuck(ctx, &l.namespace, &s.secret_name).await;
-    if outcome.is_empty() {
-        return Ok(());
-    }
-    for (result, n) in crate::metrics::POD_RESTART_RESULTS.iter().zip([outcome.evicted, outcome.blocked, outcome.notified, outcome.failed]) {
+    let counts = [outcome.evicted, outcome.blocked, outcome.notified, outcome.failed, outcome.braked];
+    for (result, n) in crate::metrics::POD_RESTART_RESULTS.iter().zip(counts) {
         if n > 0 {
             let pl = crate::metrics::PodRestartLabels { namespace: l.namespace.clone(), name: l.name.clone(), result: result.to_string() };
             ctx.metrics.pod_restarts.get_or_create(&pl).inc_by(u64::from(n));
         }
+    }
+    // Pods only braked: counted, no Event or status write on every rotation.
+    if outcome.is_empty() {
+        return Ok(());
     }
     st.restarted_pods = Some(i32::try_from(outcome.evicted).unwrap_or(i32::MAX));
     write_status(ctx, cr, &st).await?;

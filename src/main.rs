@@ -142,6 +142,7 @@ fn settings(args: &RunArgs) -> anyhow::Result<Settings> {
         mint_timeout: std::time::Duration::from_secs(u64::from(args.mint_timeout_seconds)),
         operator_namespace: args.leader_election_namespace.clone(),
         restart_stuck_pods: args.restart_stuck_pods,
+        restart_stuck_pods_interval: chrono::Duration::seconds(i64::from(args.restart_stuck_pods_interval_seconds)),
     })
 }
 

@@ -146,7 +146,7 @@ impl Memo {
         }
     }
 
-    #[cfg(test)]
+#[cfg(test)]
     fn cache_usable(&self, ns: &str, name: &str, cached_rv: Option<&str>) -> bool {
         self.cached(ns, name, cached_rv) == Cached::Use
     }
@@ -237,9 +237,41 @@ impl Attempts {
     }
 }
 
+/// For the brake on restarting Pods stuck pulling ([`crate::remediate`]):
+/// when the Pods of each top-level owner (namespace, UID) were last
+/// evicted (a bare Pod: told). Entries older than the interval are dropped
+/// as new ones come, so it holds only owners restarted within the interval.
+#[derive(Default)]
+pub struct Restarts(Mutex<HashMap<(String, String), DateTime<Utc>>>);
+
+impl Restarts {
+    pub fn last(&self, ns: &str, owner: &str) -> Option<DateTime<Utc>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).get(&(ns.to_string(), owner.to_string())).copied()
+    }
+
+    pub fn evicted(&self, ns: &str, owner: &str, now: DateTime<Utc>, interval: chrono::Duration) {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        m.retain(|_, t| now.signed_duration_since(*t) < interval);
+        m.insert((ns.to_string(), owner.to_string()), now);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn restarts_remember_owners_within_the_interval_only() {
+        let r = Restarts::default();
+        let t0: DateTime<Utc> = "2026-12-03T12:00:00Z".parse().unwrap();
+        let ten = chrono::Duration::minutes(10);
+        r.evicted("ns", "deploy", t0, ten);
+        assert_eq!(r.last("ns", "deploy"), Some(t0));
+        assert_eq!(r.last("other", "deploy"), None, "per namespace");
+        r.evicted("ns", "sts", t0 + chrono::Duration::minutes(11), ten);
+        assert_eq!(r.last("ns", "deploy"), None, "dropped after the interval");
+        assert!(r.last("ns", "sts").is_some());
+    }
     use crate::schedule::OurSecret;
 
     fn ours() -> SecretState {

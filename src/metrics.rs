@@ -39,7 +39,7 @@ pub struct PodRestartLabels {
 
 /// `evicted`, `blocked` (by a PodDisruptionBudget), `notified` (a bare Pod
 /// got an Event) or `failed`.
-pub const POD_RESTART_RESULTS: [&str; 4] = ["evicted", "blocked", "notified", "failed"];
+pub const POD_RESTART_RESULTS: [&str; 5] = ["evicted", "blocked", "notified", "failed", "braked"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabels {

@@ -348,3 +348,140 @@ async fn stuck_pods_are_restarted_when_the_source_comes_back() {
     eprintln!("without remediation: app-off Running {:.1} s after the source came back (same Pod)", fixed.elapsed().as_secs_f64());
     assert_no_secrets(&client, n, &operator, &["dave-pw-8e8e8e".into()]).await;
 }
+
+/// A `kubernetes.io/dockerconfigjson` Secret for one registry, made by the test.
+async fn pull_secret(client: &Client, ns: &str, name: &str, host: &str, user: &str, password: &str) {
+    use base64::Engine;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let config = json!({"auths": {host: {"username": user, "password": password, "auth": auth}}}).to_string();
+    let s: Secret = serde_json::from_value(json!({"metadata": {"name": name}, "type": "kubernetes.io/dockerconfigjson",
+        "data": {".dockerconfigjson": base64::engine::general_purpose::STANDARD.encode(config)}})).unwrap();
+    Api::<Secret>::namespaced(client.clone(), ns).create(&PostParams::default(), &s).await.unwrap();
+}
+
+/// The remediation's brake reads the kubelet's waiting messages: a missing
+/// image is no reason to restart a Pod, a refused pull is. The messages are
+/// the real kubelet's and containerd's, not strings the test made up.
+#[tokio::test]
+async fn the_kubelets_messages_tell_a_missing_image_from_a_refused_pull() {
+    let Some(node) = node() else { return };
+    let (client, ns) = setup("pods-missing").await;
+    let n = &ns.name;
+    let reg = Registry::htpasswd(&[("erin", "erin-pw-6b6b6b")]).await;
+    let image = reg.push_app_image("app", "erin", "erin-pw-6b6b6b");
+    node.trust(&reg);
+    pull_secret(&client, n, "good", &reg.host, "erin", "erin-pw-6b6b6b").await;
+    pull_secret(&client, n, "bad", &reg.host, "erin", "not-erins-password").await;
+    let cases = [
+        ("missing-tag", format!("{}/app:no-such-tag", reg.host), "good", false),
+        ("missing-repo", format!("{}/no-such-repo:1", reg.host), "good", false),
+        ("refused", image.clone(), "bad", true),
+    ];
+    let pods: Api<Pod> = Api::namespaced(client.clone(), n);
+    for (name, image, secret, _) in &cases {
+        let pod: Pod = serde_json::from_value(node.pod(name, image, &[secret])).unwrap();
+        pods.create(&PostParams::default(), &pod).await.unwrap();
+    }
+    // Each case in both waiting states the kubelet reports.
+    for (name, _, _, restart) in &cases {
+        let mut seen = std::collections::BTreeSet::new();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !(seen.contains("ErrImagePull") && seen.contains("ImagePullBackOff")) {
+            assert!(Instant::now() < deadline, "{name}: saw only {seen:?} in 120 s");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let Ok(p) = pods.get(name).await else { continue };
+            let Some(w) = p.status.as_ref().and_then(|s| s.container_statuses.as_ref()?.first()?.state.as_ref()?.waiting.clone()) else { continue };
+            let Some(reason) = w.reason.clone() else { continue };
+            if !matches!(reason.as_str(), "ErrImagePull" | "ImagePullBackOff") {
+                continue;
+            }
+            if seen.insert(reason.clone()) {
+                eprintln!("kubelet: {name}: {reason}: {}", w.message.clone().unwrap_or_default());
+                assert_eq!(regcred::remediate::stuck_pulling(&p), *restart, "{name} in {reason}: {:?}", w.message);
+            }
+        }
+    }
+}
+
+/// A Deployment of one Pod that no scheduler places (its node selector
+/// matches no node), pulling with `secret`: its status is the test's to set.
+fn unplaced_deployment(name: &str, secret: &str) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}}, "spec": {
+                "nodeSelector": {"regcred-test.dev/no-such-node": "true"},
+                "terminationGracePeriodSeconds": 0,
+                "imagePullSecrets": [{"name": secret}],
+                "containers": [{"name": "app", "image": format!("registry.example.com/{name}:1")}],
+            }},
+        }
+    })
+}
+
+/// Put every Pod of `app` that does not say so yet into `ImagePullBackOff`
+/// with `message` (as the kubelet would); the UIDs seen so far.
+async fn keep_stuck(client: &Client, ns: &str, app: &str, message: &str, seen: &mut std::collections::BTreeSet<String>) {
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    for p in pods_of(client, ns, app).await {
+        let Some(uid) = p.uid() else { continue };
+        seen.insert(uid);
+        if p.metadata.deletion_timestamp.is_some() || pod_outcome(&p).is_some() {
+            continue;
+        }
+        let status = json!({"status": {"containerStatuses": [{"name": "app", "image": format!("registry.example.com/{app}:1"), "imageID": "",
+            "ready": false, "restartCount": 0, "state": {"waiting": {"reason": "ImagePullBackOff", "message": message}}}]}});
+        let _ = api.patch_status(&p.name_any(), &kube::api::PatchParams::default(), &kube::api::Patch::Merge(status)).await;
+    }
+}
+
+/// With 5 s tokens a credential rotates every few seconds; a Deployment's
+/// Pod stuck pulling with its Secret is restarted once, not on every
+/// rotation; a Pod whose image does not exist is never restarted.
+#[tokio::test]
+async fn short_lived_tokens_restart_a_stuck_deployment_once() {
+    let (client, ns) = setup("pods-brake").await;
+    let n = &ns.name;
+    let server = OAuth2Server::start(5).await;
+    let operator = Operator::start_with(n, &["--restart-stuck-pods", "--min-mint-interval-seconds=2"], &[]);
+    create_secret(&client, n, "client", json!({"client_id": "regcred-basic", "client_secret": server.secret})).await;
+    create_credential(&client, n, "cred", json!({"source": {"oauth2": {
+        "tokenURL": server.token_url(), "allowInsecureHTTP": true,
+        "clientSecretRef": {"name": "client"}, "registries": ["registry.example.com"]
+    }}, "restartStuckPods": true})).await;
+    wait_ready(&client, n, "cred", "True", None, Duration::from_secs(60)).await;
+    for app in ["refused", "missing"] {
+        create_json::<Deployment>(&client, n, unplaced_deployment(app, "cred")).await;
+    }
+    // The kubelet's own words (see the_kubelets_messages_tell_a_missing_image_from_a_refused_pull).
+    let refused = "Back-off pulling image \"registry.example.com/refused:1\": ErrImagePull: failed to pull and unpack image \"registry.example.com/refused:1\": failed to resolve reference \"registry.example.com/refused:1\": pulling from host registry.example.com failed with status code [manifests 1]: 401 Unauthorized";
+    let missing = "Back-off pulling image \"registry.example.com/missing:1\": ErrImagePull: rpc error: code = NotFound desc = failed to pull and unpack image \"registry.example.com/missing:1\": failed to resolve reference \"registry.example.com/missing:1\": registry.example.com/missing:1: not found";
+    let (mut refused_pods, mut missing_pods) = (std::collections::BTreeSet::new(), std::collections::BTreeSet::new());
+    let (before, _) = server.stats().await;
+    let end = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < end {
+        keep_stuck(&client, n, "refused", refused, &mut refused_pods).await;
+        keep_stuck(&client, n, "missing", missing, &mut missing_pods).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (after, _) = server.stats().await;
+    let metrics = reqwest::get(format!("http://{}/metrics", operator.metrics_address().await)).await.unwrap().text().await.unwrap();
+    let count = |result: &str| -> u64 {
+        let key = format!(r#"regcred_pod_restarts_total{{namespace="{n}",name="cred",result="{result}"}} "#);
+        metrics.lines().find_map(|l| l.strip_prefix(&key)).map(|v| v.trim().parse().unwrap()).unwrap_or(0)
+    };
+    let (evicted, braked) = (count("evicted"), count("braked"));
+    eprintln!(
+        "brake: {} token requests in 60 s; the refused Deployment had {} Pods, the missing-image one {}; evicted {evicted}, braked {braked}",
+        after - before, refused_pods.len(), missing_pods.len()
+    );
+    assert!(after - before >= 10, "only {} rotations in 60 s: the brake was not put to the test", after - before);
+    assert!(evicted <= 1, "{evicted} evictions in 60 s of 5 s tokens");
+    assert!(refused_pods.len() <= 2, "the stuck Deployment had {} Pods: restarted more than once", refused_pods.len());
+    assert_eq!(missing_pods.len(), 1, "a Pod whose image does not exist was restarted");
+    assert!(braked >= 1, "the brake never held a Pod back");
+    assert_no_secrets(&client, n, &operator, &[server.secret.clone()]).await;
+}
