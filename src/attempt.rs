@@ -218,20 +218,53 @@ pub async fn mint(
     Ok((minted, renewal))
 }
 
-/// Remove every password of `minted` from a message (an API server error
-/// about the Secret should never hold one, but the message is shown to
-/// users, so make sure), and cap it.
+/// Remove every password of `minted` (as it is and as the `auth` field
+/// spells it) from a message, and cap it: an API server error about the
+/// Secret should never hold one, but an admission policy's message may
+/// quote the object, and the message is shown to users.
 pub fn redact(message: &str, minted: Option<&Minted>) -> String {
+    use base64::Engine;
     use secrecy::ExposeSecret;
-    // Redact first, then cut: a cut could split a password and leave part of it.
-    let mut out = message.to_string();
+    let mut values = Vec::new();
     for e in minted.iter().flat_map(|m| m.entries.iter()) {
         let p = e.password.expose_secret();
-        if p.len() >= 4 {
-            out = out.replace(p, "[redacted]");
-        }
+        values.push(p.to_string());
+        values.push(base64::engine::general_purpose::STANDARD.encode(format!("{}:{p}", e.username)));
     }
-    out.chars().take(512).collect()
+    redact_values(message, &values)
+}
+
+/// Remove `values` (longest first; those under 4 characters would match
+/// too much) and any long base64 run (64 characters or more: an encoded
+/// Secret's data, which could hold a value shifted out of recognition) from
+/// a message, then cap it. Redact first, then cut: a cut could split a value
+/// and leave part of it.
+pub fn redact_values(message: &str, values: &[String]) -> String {
+    let mut sorted: Vec<&String> = values.iter().filter(|v| v.len() >= 4).collect();
+    sorted.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    let mut out = message.to_string();
+    for v in sorted {
+        out = out.replace(v.as_str(), "[redacted]");
+    }
+    without_long_base64(&out).chars().take(512).collect()
+}
+
+fn without_long_base64(message: &str) -> String {
+    const LONG: usize = 64;
+    let is_b64 = |c: char| c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '=');
+    let mut out = String::with_capacity(message.len());
+    let mut run = String::new();
+    for c in message.chars().chain(std::iter::once('\n')) {
+        if is_b64(c) {
+            run.push(c);
+            continue;
+        }
+        out.push_str(if run.chars().count() >= LONG { "[redacted]" } else { &run });
+        run.clear();
+        out.push(c);
+    }
+    out.pop();
+    out
 }
 
 /// Where an attempt writes its Secret.
@@ -359,9 +392,30 @@ mod tests {
     fn redaction_covers_every_password_and_caps() {
         let entry = |r: &str, p: &str| source::RegistryAuth { registry: r.into(), username: "u".into(), password: p.to_string().into() };
         let m = Minted { entries: vec![entry("r1", "hunter2-secret"), entry("r2", "other-pass")], issued_at: Utc::now(), expires_at: None };
-        let msg = format!("refused hunter2-secret and other-pass {}", "x".repeat(1000));
+        let msg = format!("refused hunter2-secret and other-pass {}", "x ".repeat(500));
         let out = redact(&msg, Some(&m));
         assert!(!out.contains("hunter2") && !out.contains("other-pass"), "{out}");
         assert_eq!(out.chars().count(), 512);
+    }
+
+    #[test]
+    fn redaction_covers_the_auth_field_and_encoded_data() {
+        use base64::Engine;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let entry = source::RegistryAuth { registry: "r".into(), username: "robot".into(), password: "s3cret-token".to_string().into() };
+        let m = Minted { entries: vec![entry], issued_at: Utc::now(), expires_at: None };
+        let config = format!(r#"{{"auths":{{"r":{{"username":"robot","password":"s3cret-token","auth":"{}"}}}}}}"#, b64("robot:s3cret-token"));
+        let quoted = format!("denied: {config}");
+        let out = redact(&quoted, Some(&m));
+        assert!(!out.contains("s3cret") && !out.contains(&b64("robot:s3cret-token")), "{out}");
+        // the whole data, encoded: the password is in there shifted
+        let encoded = format!("denied: data: {} (policy p)", b64(&config));
+        let out = redact(&encoded, Some(&m));
+        assert_eq!(out, "denied: data: [redacted] (policy p)");
+        // short runs and names stay readable
+        let plain = "secrets \"pull\" is forbidden: ValidatingAdmissionPolicy 'regcred-test-refuse-refuse-1-ngbsj' denied request";
+        assert_eq!(redact(plain, Some(&m)), plain);
+        // values from a Secret, longest first
+        assert_eq!(redact_values("x abcdef y", &["abcd".into(), "abcdef".into(), "ab".into()]), "x [redacted] y");
     }
 }

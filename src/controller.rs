@@ -25,8 +25,12 @@ pub async fn run(
     // ClusterRegistryCredentials need cluster-wide access: only when the
     // operator watches every namespace.
     if settings.namespace.is_some() {
-        return credential::run(ctx, index, shutdown).await;
+        return credential::run(ctx, index, None, shutdown).await;
     }
-    let fleet = crate::fleet::run(client, ctx.clone(), settings.operator_namespace.clone(), settings.selector.clone(), settings.concurrency.min(8), shutdown.clone());
-    futures::join!(credential::run(ctx, index, shutdown), fleet);
+    // One watch of the Secrets sources read serves both kinds: changes to
+    // those a cluster credential reads reach the fleet through `triggers`.
+    let (triggers, triggered) = futures::channel::mpsc::unbounded();
+    let fleet = crate::fleet::Fleet { home_namespace: settings.operator_namespace.clone(), selector: settings.selector.clone(), concurrency: settings.concurrency.min(8) };
+    let fleet = crate::fleet::run(fleet, client, ctx.clone(), index.clone(), triggered, shutdown.clone());
+    futures::join!(credential::run(ctx, index, Some(triggers), shutdown), fleet);
 }

@@ -17,7 +17,6 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, watcher};
 use kube::runtime::WatchStreamExt;
 use kube::{Resource, ResourceExt};
-use secrecy::SecretString;
 use tracing::{debug, error, info, warn};
 
 use crate::api::{self, RegistryCredential, RegistryCredentialStatus};
@@ -28,7 +27,7 @@ use crate::index::ReferenceIndex;
 use crate::memo::Cached;
 use crate::metrics::CredentialLabels;
 use crate::report::{self, Failure, Subject};
-use crate::revoke::{self, RevokeTask};
+use crate::revoke;
 use crate::schedule::{self, Decision, SecretState};
 use crate::secret;
 use crate::serviceaccounts::{self, Want};
@@ -205,13 +204,10 @@ async fn finalize(ctx: &Context, cr: &RegistryCredential) -> Result<Option<Actio
         return Ok(None);
     }
     if deleting && has_finalizer(cr) && revocation.on_delete == Some(true) {
-        // One attempt: deletion is not held up.
         let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
         let current = secrets.get_opt(&cr.secret_name()).await.ok().flatten().filter(|s| secret::is_ours(s, cr));
-        if let Some(token) = current.as_ref().and_then(secret::password_of) {
-            let labels = (ns.clone(), cr.name_any());
-            RevokeTask::new(ctx, &cr.spec.source, &ns, cr.object_ref(&()), labels).run(SecretString::from(token), 1).await;
-        }
+        let token = current.as_ref().and_then(secret::password_of);
+        revoke::on_delete(ctx, &cr.spec.source, &ns, cr.object_ref(&()), (ns.clone(), cr.name_any()), token).await;
     }
     if has_finalizer(cr) {
         let accounts = list_accounts(ctx, &ns).await?;
@@ -290,13 +286,8 @@ async fn rotate(
     ctx.memo.secret_written(&ns, &name, &secret_name, written.metadata.resource_version.clone(), state);
     let st = report::rotated(ctx, s, &prev, &g.inputs, &minted, &renewal, now).await;
     write_status(ctx, cr, &st).await?;
-    let revocation = revoke::settings(&cr.spec.source);
-    if revocation.on_rotation == Some(true) {
-        let previous = g.existing.as_ref().filter(|x| secret::is_ours(x, cr)).and_then(secret::password_of);
-        if let Some(token) = revoke::replaced(previous, &minted) {
-            RevokeTask::new(ctx, &cr.spec.source, &ns, cr.object_ref(&()), (ns.clone(), name.clone())).spawn_after(token, revoke::delay(&revocation));
-        }
-    }
+    let previous = g.existing.as_ref().filter(|x| secret::is_ours(x, cr)).and_then(secret::password_of);
+    revoke::after_rotation(ctx, &cr.spec.source, &ns, cr.object_ref(&()), (ns.clone(), name.clone()), previous, &minted);
     let st = sync_accounts(ctx, cr, s, st).await?;
     restart_stuck(ctx, cr, s, st).await?;
     Ok(Action::requeue(schedule::requeue_after((ctx.now)(), renewal.at)))
@@ -359,7 +350,14 @@ pub fn error_policy(cr: Arc<RegistryCredential>, err: &Error, _ctx: Arc<Context>
 }
 
 /// Run the RegistryCredential controller until `shutdown` resolves.
-pub async fn run(ctx: Arc<Context>, index: Arc<ReferenceIndex>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
+/// `cluster`: where to send the names of cluster-scoped credentials whose
+/// source Secret changed (one watch of referenced Secrets serves both kinds).
+pub async fn run(
+    ctx: Arc<Context>,
+    index: Arc<ReferenceIndex>,
+    cluster: Option<ClusterTriggers>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
     let client = ctx.client.clone();
     let settings = ctx.settings.clone();
     // Secrets are watched as metadata only (`PartialObjectMeta`): their data
@@ -382,7 +380,7 @@ pub async fn run(ctx: Arc<Context>, index: Arc<ReferenceIndex>, shutdown: impl s
     let selecting = reader.clone();
     Controller::for_stream(cr_stream, reader)
         .owns_stream(owned)
-        .watches_stream(referenced, move |s| referencing(&index, &s))
+        .watches_stream(referenced, move |s| referencing(&index, cluster.as_ref(), &s))
         .watches_stream(sa_stream, move |sa| {
             let ns = sa.metadata.namespace.clone().unwrap_or_default();
             selecting
@@ -442,7 +440,7 @@ fn credential_stream(
                 ctx.memo.forget(&key.0, &key.1);
                 ctx.attempts.forget(&key.0, &key.1);
             }
-            Ok(watcher::Event::Init) => index.clear(),
+            Ok(watcher::Event::Init) => index.clear_kind(false),
             // After a relist, credentials deleted while the watch was down
             // are simply absent: drop their series too.
             Ok(watcher::Event::InitDone) => ctx.metrics.retain_only(&live_keys(&live), false),
@@ -516,10 +514,24 @@ fn live_keys(store: &Store<RegistryCredential>) -> Vec<(String, String)> {
     store.state().iter().map(|cr| (cr.namespace().unwrap_or_default(), cr.name_any())).collect()
 }
 
-/// Credentials that reference a Secret by name, in its namespace.
-fn referencing(index: &ReferenceIndex, secret: &PartialObjectMeta<Secret>) -> Vec<ObjectRef<RegistryCredential>> {
+/// Names of cluster-scoped credentials to reconcile, for their controller.
+pub type ClusterTriggers = futures::channel::mpsc::UnboundedSender<String>;
+
+/// Credentials that reference a Secret by name, in its namespace; the
+/// cluster-scoped ones among them are sent to their own controller.
+fn referencing(index: &ReferenceIndex, cluster: Option<&ClusterTriggers>, secret: &PartialObjectMeta<Secret>) -> Vec<ObjectRef<RegistryCredential>> {
     let (Some(ns), Some(name)) = (secret.metadata.namespace.as_deref(), secret.metadata.name.as_deref()) else {
         return Vec::new();
     };
-    index.lookup(ns, name).into_iter().map(|(_, cr)| ObjectRef::new(&cr).within(ns)).collect()
+    let mut out = Vec::new();
+    for (cr_ns, cr) in index.lookup(ns, name) {
+        match (cr_ns.is_empty(), cluster) {
+            (false, _) => out.push(ObjectRef::new(&cr).within(&cr_ns)),
+            (true, Some(tx)) => {
+                let _ = tx.unbounded_send(cr);
+            }
+            (true, None) => {}
+        }
+    }
+    out
 }

@@ -30,8 +30,10 @@ use crate::api::{self, ClusterRegistryCredential, ClusterRegistryCredentialStatu
 use crate::attempt::{self, Minter, Outcome, Request, Seen, Target};
 use crate::context::{bounded, guard, kube_err, publish_to, Context, Error, Guarded};
 use crate::finalizer::{has_finalizer, set_finalizer};
+use crate::index::ReferenceIndex;
 use crate::metrics::CredentialLabels;
 use crate::report::{self, Failure, Subject};
+use crate::revoke;
 use crate::schedule::{self, Decision};
 use crate::secret::{self, Placement, WriteError};
 use crate::serviceaccounts::{self, Want};
@@ -206,9 +208,24 @@ async fn finalize(ctx: &FleetContext, api: &Api<ClusterRegistryCredential>, ccr:
         return Ok(());
     }
     let uid = ccr.metadata.uid.clone().unwrap_or_default();
+    if revoke::settings(&ccr.spec.source).on_delete == Some(true) {
+        let homes: Api<Secret> = Api::namespaced(ctx.base.client.clone(), &ctx.home_namespace);
+        let home = homes.get_opt(&home_name(&ccr.name_any())).await.ok().flatten();
+        let current = home.filter(|h| secret::is_controlled_by(&h.metadata, &uid, KIND)).as_ref().and_then(secret::password_of);
+        let refs_ns = ccr.spec.source_namespace.clone().unwrap_or_else(|| ctx.home_namespace.clone());
+        revoke::on_delete(&ctx.base, &ccr.spec.source, &refs_ns, ccr.object_ref(&()), (String::new(), ccr.name_any()), current).await;
+    }
     // No namespace is targeted any more: every entry this credential owns goes.
     sync_accounts(ctx, ccr, &uid, &ccr.secret_name(), &BTreeSet::new(), &BTreeSet::new()).await?;
     set_finalizer(api, ccr, false).await.map_err(kube_err("removing the finalizer"))
+}
+
+/// What a new mint depends on: the source (and where it reads) and the
+/// renewal, not where the credential goes. A change of `target` or
+/// `serviceAccounts` re-targets the current credential without a new mint.
+fn source_fingerprint(ccr: &ClusterRegistryCredential) -> String {
+    let spec = serde_json::json!([ccr.spec.source, ccr.spec.renewal, ccr.spec.source_namespace]);
+    format!("s{:016x}", schedule::seed(&spec.to_string()))
 }
 
 /// The credential's part of a fleet reconcile.
@@ -231,8 +248,7 @@ async fn credential(ctx: &FleetContext, ccr: &ClusterRegistryCredential, s: &Sub
     let state = attempt::secret_state(home.as_ref(), ours);
     let refs_ns = ccr.spec.source_namespace.clone().unwrap_or_else(|| ctx.home_namespace.clone());
     let refs: Api<Secret> = Api::namespaced(base.client.clone(), &refs_ns);
-    let spec = format!("g{}", ccr.metadata.generation.unwrap_or(0));
-    let inputs = attempt::inputs(&spec, &ccr.spec.source, &refs, None).await?;
+    let inputs = attempt::inputs(&source_fingerprint(ccr), &ccr.spec.source, &refs, None).await?;
     let renew_request = api::pending_renew_request(&ccr.metadata, ccr.status.as_ref().map(|s| &s.credential));
     let mut prev = ccr.status.clone().unwrap_or_default().credential;
     let last_attempt = base.attempts.last("", &name);
@@ -260,7 +276,11 @@ async fn credential(ctx: &FleetContext, ccr: &ClusterRegistryCredential, s: &Sub
     let who = Minter { refs_namespace: &refs_ns, name: &name, cluster_scoped: true, seed: s.seed, secrets_dir: None };
     let req = Request { who, source: &ccr.spec.source, renewal: &ccr.spec.renewal, now };
     match attempt::attempt(base, &req, &target).await? {
-        Outcome::Rotated { minted, renewal, written } => step(report::rotated(base, s, &prev, &inputs, &minted, &renewal, now).await, renewal.at, Some(written)),
+        Outcome::Rotated { minted, renewal, written } => {
+            let previous = home.as_ref().filter(|h| ours(h)).and_then(secret::password_of);
+            revoke::after_rotation(base, &ccr.spec.source, &refs_ns, s.about.clone(), (String::new(), name.clone()), previous, &minted);
+            step(report::rotated(base, s, &prev, &inputs, &minted, &renewal, now).await, renewal.at, Some(written))
+        }
         Outcome::Failed { reason, message } => {
             let f = Failure { why: reason, message, current_not_after: attempt::current_not_after(&state) };
             let (st, retry_at) = report::failed(base, s, &prev, &inputs, f, now).await;
@@ -326,6 +346,12 @@ async fn fan_out(ctx: &FleetContext, ccr: &ClusterRegistryCredential, home: Opti
     }
     for ns in &leaving {
         release_secret(ctx, ccr, &uid, &secret_name, ns).await;
+    }
+    // Messages go to status and Events: redacted as the attempt's are (an
+    // admission policy refusing a copy may quote it).
+    let values = home_ok.map(secret::values_in).unwrap_or_default();
+    for f in &mut fan.failures {
+        f.message = attempt::redact_values(&f.message, &values);
     }
     fan.failures.sort_by(|a, b| a.namespace.cmp(&b.namespace));
     fan
@@ -530,12 +556,26 @@ pub fn error_policy(ccr: Arc<ClusterRegistryCredential>, err: &Error, _ctx: Arc<
 
 /// The cluster credentials, reflected into `writer`, their metric series
 /// and attempt memory dropped with them.
+/// Where the cluster credentials' source Secrets are recorded.
+struct Refs {
+    index: Arc<ReferenceIndex>,
+    home_namespace: String,
+}
+
+impl Refs {
+    fn set(&self, c: &ClusterRegistryCredential) {
+        let ns = c.spec.source_namespace.clone().unwrap_or_else(|| self.home_namespace.clone());
+        self.index.set((String::new(), c.name_any()), &ns, crate::source::referenced_secrets(&c.spec.source));
+    }
+}
+
 fn credential_stream(
     base: &Arc<Context>,
     ccrs: Api<ClusterRegistryCredential>,
     selector: Option<&str>,
     writer: reflector::store::Writer<ClusterRegistryCredential>,
     live: Store<ClusterRegistryCredential>,
+    refs: Refs,
 ) -> impl futures::Stream<Item = Result<ClusterRegistryCredential, watcher::Error>> + Send + 'static {
     let mut config = watcher::Config::default();
     if let Some(sel) = selector {
@@ -549,7 +589,10 @@ fn credential_stream(
         })
         .reflect(writer)
         .inspect(move |ev| match ev {
+            Ok(watcher::Event::Apply(c) | watcher::Event::InitApply(c)) => refs.set(c),
+            Ok(watcher::Event::Init) => refs.index.clear_kind(true),
             Ok(watcher::Event::Delete(c)) => {
+                refs.index.remove(&(String::new(), c.name_any()));
                 base.metrics.forget("", &c.name_any());
                 base.attempts.forget("", &c.name_any());
             }
@@ -562,17 +605,29 @@ fn credential_stream(
         .touched_objects()
 }
 
+/// How the ClusterRegistryCredential controller runs.
+pub struct Fleet {
+    /// Where home Secrets live and, by default, what sources read.
+    pub home_namespace: String,
+    pub selector: Option<String>,
+    pub concurrency: u16,
+}
+
 /// Run the ClusterRegistryCredential controller until `shutdown` resolves.
+/// The credentials' source Secrets are kept in `index`; the names of those
+/// whose source Secret changed come in on `triggered`.
 pub async fn run(
+    fleet: Fleet,
     client: Client,
     base: Arc<Context>,
-    home_namespace: String,
-    selector: Option<String>,
-    concurrency: u16,
+    index: Arc<ReferenceIndex>,
+    triggered: impl futures::Stream<Item = String> + Send + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
+    let Fleet { home_namespace, selector, concurrency } = fleet;
     let (ccr_reader, ccr_writer) = reflector::store();
-    let ccr_stream = credential_stream(&base, Api::all(client.clone()), selector.as_deref(), ccr_writer, ccr_reader.clone());
+    let refs = Refs { index, home_namespace: home_namespace.clone() };
+    let ccr_stream = credential_stream(&base, Api::all(client.clone()), selector.as_deref(), ccr_writer, ccr_reader.clone(), refs);
     let (namespaces, ns_writer) = reflector::store();
     let ns_stream = watcher(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), watcher::Config::default())
         .default_backoff()
@@ -620,6 +675,7 @@ pub async fn run(
                 .collect::<Vec<_>>()
         })
         .watches_stream(sa_stream, move |_| every(&with_accounts, true))
+        .reconcile_on(triggered.map(|name| ObjectRef::new(&name)))
         .with_config(ControllerConfig::default().concurrency(concurrency.max(1)))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

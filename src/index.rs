@@ -35,8 +35,14 @@ impl ReferenceIndex {
         self.inner.lock().unwrap_or_else(|p| p.into_inner()).remove(credential);
     }
 
-    pub fn clear(&self) {
-        *self.inner.lock().unwrap_or_else(|p| p.into_inner()) = IndexState::default();
+    /// Forget the credentials of one kind (a relist of that kind's watch
+    /// sets them again): cluster-scoped ones (namespace "") or namespaced.
+    pub fn clear_kind(&self, cluster: bool) {
+        let mut st = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let gone: Vec<CredentialKey> = st.by_credential.keys().filter(|k| k.0.is_empty() == cluster).cloned().collect();
+        for k in &gone {
+            st.remove(k);
+        }
     }
 
     /// Credentials that read this Secret.
@@ -92,7 +98,10 @@ mod tests {
         assert!(idx.lookup("", "oauth").is_empty());
         idx.set(k("", "fleet"), "other", vec!["oauth".into()]);
         assert!(idx.lookup("regcred-system", "oauth").is_empty(), "a moved sourceNamespace leaves nothing behind");
-        idx.clear();
+        idx.set(k("a", "one"), "other", vec!["oauth".into()]);
+        idx.clear_kind(false);
+        assert_eq!(idx.lookup("other", "oauth"), vec![k("", "fleet")], "a relist of namespaced credentials keeps cluster ones");
+        idx.clear_kind(true);
         assert!(idx.lookup("other", "oauth").is_empty());
     }
 }

@@ -55,6 +55,30 @@ pub fn replaced(previous: Option<String>, minted: &source::Minted) -> Option<Sec
     previous.filter(|p| Some(p) != new.as_ref()).map(SecretString::from)
 }
 
+/// After a rotation (both kinds): when the source asks for it, revoke the
+/// token `previous` held (the Secret as it was before the write, if ours),
+/// after the configured delay, in the background.
+pub fn after_rotation(ctx: &Context, source: &crate::api::CredentialSource, refs_namespace: &str, about: ObjectReference, labels: (String, String), previous: Option<String>, minted: &source::Minted) {
+    let s = settings(source);
+    if s.on_rotation != Some(true) {
+        return;
+    }
+    if let Some(token) = replaced(previous, minted) {
+        RevokeTask::new(ctx, source, refs_namespace, about, labels).spawn_after(token, delay(&s));
+    }
+}
+
+/// On deletion (both kinds): when the source asks for it, revoke the token
+/// `current` holds, once (deletion is not held up).
+pub async fn on_delete(ctx: &Context, source: &crate::api::CredentialSource, refs_namespace: &str, about: ObjectReference, labels: (String, String), current: Option<String>) {
+    if settings(source).on_delete != Some(true) {
+        return;
+    }
+    if let Some(token) = current {
+        RevokeTask::new(ctx, source, refs_namespace, about, labels).run(SecretString::from(token), 1).await;
+    }
+}
+
 impl RevokeTask {
     /// For a credential whose source Secrets live in `refs_namespace`.
     pub fn new(ctx: &Context, source: &crate::api::CredentialSource, refs_namespace: &str, about: ObjectReference, labels: (String, String)) -> Self {

@@ -118,6 +118,25 @@ pub fn password_of(secret: &Secret) -> Option<String> {
     v.get("auths")?.as_object()?.values().next()?.get("password")?.as_str().map(String::from)
 }
 
+/// Every secret value a Secret of ours holds, for redaction: each data
+/// value as text, and in a `.dockerconfigjson` each entry's password and
+/// `auth` (base64 of `username:password`).
+pub fn values_in(secret: &Secret) -> Vec<String> {
+    let mut out = Vec::new();
+    for (key, v) in secret.data.iter().flatten() {
+        let Ok(text) = String::from_utf8(v.0.clone()) else { continue };
+        if key == DOCKERCONFIGJSON_KEY {
+            if let Ok(config) = serde_json::from_str::<Value>(&text) {
+                for entry in config.get("auths").and_then(Value::as_object).into_iter().flat_map(|a| a.values()) {
+                    out.extend(["password", "auth"].iter().filter_map(|k| entry.get(*k)?.as_str().map(String::from)));
+                }
+            }
+        }
+        out.push(text);
+    }
+    out
+}
+
 /// Read back what regcred wrote: is the data still what we wrote, and the
 /// times and inputs recorded with it.
 pub fn read_annotations(secret: &Secret) -> Annotated {

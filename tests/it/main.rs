@@ -10,6 +10,7 @@ mod fleet;
 mod hostile;
 mod keep;
 mod local;
+mod parity;
 mod pods;
 mod rotation;
 mod sealed;
