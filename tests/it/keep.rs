@@ -193,40 +193,13 @@ async fn a_failing_fleet_without_its_home_secret_keeps_every_entry() {
     assert_entries_kept(&client, &targets, "keep-pull", Duration::from_secs(0)).await;
 }
 
-/// A ValidatingAdmissionPolicy refusing updates of Secret `name` in `ns`;
-/// removed (with its binding) when dropped.
-struct RefuseUpdates(String);
-
-impl RefuseUpdates {
-    async fn install(ns: &str, name: &str) -> Self {
-        let policy = format!("regcred-test-refuse-{ns}");
-        let docs = json!({"apiVersion": "v1", "kind": "List", "items": [
-            {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
-             "metadata": {"name": policy},
-             "spec": {"failurePolicy": "Fail",
-                "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"], "resources": ["secrets"]}],
-                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}},
-                "matchConditions": [{"name": "that-secret", "expression": format!("object.metadata.name == '{name}'")}],
-                "validations": [{"expression": "false", "message": "updates of this Secret are refused by the test"}]}},
-            {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
-             "metadata": {"name": policy},
-             "spec": {"policyName": policy, "validationActions": ["Deny"]}}
-        ]});
-        let file = std::env::temp_dir().join(format!("{policy}.json"));
-        std::fs::write(&file, docs.to_string()).unwrap();
-        let (ok, out, err) = control_plane().kubectl_output(&["apply", "-f", file.to_str().unwrap()]);
-        assert!(ok, "{out}{err}");
-        let _ = std::fs::remove_file(&file);
-        Self(policy)
-    }
-}
-
-impl Drop for RefuseUpdates {
-    fn drop(&mut self) {
-        for kind in ["validatingadmissionpolicybinding", "validatingadmissionpolicy"] {
-            let _ = control_plane().kubectl_output(&["delete", kind, &self.0, "--ignore-not-found", "--wait=false"]);
-        }
-    }
+/// A ValidatingAdmissionPolicy refusing updates of Secret `name` in `ns`.
+fn refuse_updates(ns: &str, name: &str) -> AdmissionPolicy {
+    AdmissionPolicy::install(&format!("regcred-test-refuse-{ns}"), json!({"failurePolicy": "Fail",
+        "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"], "resources": ["secrets"]}],
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}},
+        "matchConditions": [{"name": "that-secret", "expression": format!("object.metadata.name == '{name}'")}],
+        "validations": [{"expression": "false", "message": "updates of this Secret are refused by the test"}]}))
 }
 
 #[tokio::test]
@@ -254,7 +227,7 @@ async fn a_namespace_whose_copy_is_refused_keeps_its_entry() {
     for ns in &targets {
         wait_entry(&client, ns, "refuse-pull").await;
     }
-    let _policy = RefuseUpdates::install(&targets[1], "refuse-pull").await;
+    let _policy = refuse_updates(&targets[1], "refuse-pull");
     // The policy takes effect once the API server has loaded it: until a
     // probe update is refused, the renewal could still go through.
     let copies: Api<Secret> = Api::namespaced(client.clone(), &targets[1]);

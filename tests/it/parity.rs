@@ -16,40 +16,14 @@ use crate::support::*;
 
 /// A ValidatingAdmissionPolicy refusing writes of Secret `name` in
 /// `namespaces` with a message that quotes the Secret's data, as a careless
-/// policy might; removed (with its binding) when dropped.
-struct QuotingPolicy(String);
-
-impl QuotingPolicy {
-    fn install(tag: &str, namespaces: &[&str], name: &str) -> Self {
-        let policy = format!("regcred-test-quote-{tag}");
-        let docs = json!({"apiVersion": "v1", "kind": "List", "items": [
-            {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
-             "metadata": {"name": policy},
-             "spec": {"failurePolicy": "Fail",
-                "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"], "resources": ["secrets"]}],
-                    "namespaceSelector": {"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": namespaces}]}},
-                "matchConditions": [{"name": "that-secret", "expression": format!("object.metadata.name == '{name}'")}],
-                "validations": [{"expression": "false",
-                    "messageExpression": "'refused, the Secret held ' + (has(object.data) && '.dockerconfigjson' in object.data ? string(object.data['.dockerconfigjson']) : 'nothing')"}]}},
-            {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
-             "metadata": {"name": policy},
-             "spec": {"policyName": policy, "validationActions": ["Deny"]}}
-        ]});
-        let file = std::env::temp_dir().join(format!("{policy}.json"));
-        std::fs::write(&file, docs.to_string()).unwrap();
-        let (ok, out, err) = control_plane().kubectl_output(&["apply", "-f", file.to_str().unwrap()]);
-        assert!(ok, "{out}{err}");
-        let _ = std::fs::remove_file(&file);
-        Self(policy)
-    }
-}
-
-impl Drop for QuotingPolicy {
-    fn drop(&mut self) {
-        for kind in ["validatingadmissionpolicybinding", "validatingadmissionpolicy"] {
-            let _ = control_plane().kubectl_output(&["delete", kind, &self.0, "--ignore-not-found", "--wait=false"]);
-        }
-    }
+/// policy might.
+fn quoting_policy(tag: &str, namespaces: &[&str], name: &str) -> AdmissionPolicy {
+    AdmissionPolicy::install(&format!("regcred-test-quote-{tag}"), json!({"failurePolicy": "Fail",
+        "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"], "resources": ["secrets"]}],
+            "namespaceSelector": {"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": namespaces}]}},
+        "matchConditions": [{"name": "that-secret", "expression": format!("object.metadata.name == '{name}'")}],
+        "validations": [{"expression": "false",
+            "messageExpression": "'refused, the Secret held ' + (has(object.data) && '.dockerconfigjson' in object.data ? string(object.data['.dockerconfigjson']) : 'nothing')"}]}))
 }
 
 /// The policy is in force once a probe write of that name is refused.
@@ -80,7 +54,7 @@ async fn a_refused_write_quoting_the_secret_is_redacted_for_both_kinds() {
     let mut made = Namespaces(Vec::new());
     let mine = labelled_namespace(&client, "redact-ns", json!({}), &mut made).await;
     let theirs = labelled_namespace(&client, "redact-fleet", json!({}), &mut made).await;
-    let _policy = QuotingPolicy::install(&format!("{}", std::process::id()), &[&mine, &theirs], "red-pull");
+    let _policy = quoting_policy(&mine, &[&mine, &theirs], "red-pull");
     wait_refusing(&client, &mine, "red-pull").await;
     wait_refusing(&client, &theirs, "red-pull").await;
     for at in [&home.name, &mine] {

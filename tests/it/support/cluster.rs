@@ -192,3 +192,32 @@ where
 {
     let _ = api.delete(name, &DeleteParams::default()).await;
 }
+
+/// A ValidatingAdmissionPolicy (`spec` as given) with a binding that
+/// denies what it refuses; both removed when dropped. Cluster-scoped: name
+/// it after the test's own objects.
+pub struct AdmissionPolicy(String);
+
+impl AdmissionPolicy {
+    pub fn install(name: &str, spec: serde_json::Value) -> Self {
+        let docs = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [
+            {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy", "metadata": {"name": name}, "spec": spec},
+            {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+             "metadata": {"name": name}, "spec": {"policyName": name, "validationActions": ["Deny"]}}
+        ]});
+        let file = std::env::temp_dir().join(format!("{name}-{}.json", std::process::id()));
+        std::fs::write(&file, docs.to_string()).unwrap();
+        let (ok, out, err) = control_plane().kubectl_output(&["apply", "-f", file.to_str().unwrap()]);
+        let _ = std::fs::remove_file(&file);
+        assert!(ok, "{out}{err}");
+        Self(name.to_string())
+    }
+}
+
+impl Drop for AdmissionPolicy {
+    fn drop(&mut self) {
+        for kind in ["validatingadmissionpolicybinding", "validatingadmissionpolicy"] {
+            let _ = control_plane().kubectl_output(&["delete", kind, &self.0, "--ignore-not-found", "--wait=false"]);
+        }
+    }
+}
