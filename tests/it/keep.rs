@@ -306,3 +306,52 @@ async fn fleet_copies_edited_deleted_or_unlisted_are_repaired() {
     let c = Api::<ClusterRegistryCredential>::all(client.clone()).get(&name).await.unwrap();
     assert_eq!(c.status.unwrap().credential.last_rotation_time, first, "repairs copy, they do not mint");
 }
+
+#[tokio::test]
+async fn entries_recorded_by_name_only_are_kept_on_upgrade_and_claimed() {
+    let client = control_plane().client().await;
+    install_crd(&client).await;
+    let home = namespace(&client, "legacy-home").await;
+    let suite = format!("legacy-{}", std::process::id());
+    let _operator = fleet_operator(&home.name, &suite, &[], &[]);
+    create_secret(&client, &home.name, "robot", json!({"username": "robot", "password": "legacy-robot-pw-1618"})).await;
+    let mut made = Namespaces(Vec::new());
+    let ns = labelled_namespace(&client, "legacy", json!({}), &mut made).await;
+    default_account(&client, &ns).await;
+    // What an earlier regcred left: entries recorded by Secret name only,
+    // on the ServiceAccount the new credential selects and on one it does not.
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
+    let other: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "other",
+        "annotations": {"regcred.dev/image-pull-secrets": "legacy-pull"}}, "imagePullSecrets": [{"name": "legacy-pull"}]})).unwrap();
+    sas.create(&PostParams::default(), &other).await.unwrap();
+    wait_for(Duration::from_secs(30), "the default ServiceAccount as an earlier regcred left it", || async {
+        let mut sa = sas.get("default").await.ok()?;
+        sa.image_pull_secrets = Some(vec![k8s_openapi::api::core::v1::LocalObjectReference { name: "legacy-pull".into() }]);
+        sa.metadata.annotations.get_or_insert_with(Default::default).insert("regcred.dev/image-pull-secrets".into(), "legacy-pull".into());
+        sas.replace("default", &PostParams::default(), &sa).await.ok().map(|_| ())
+    })
+    .await;
+    let name = unique("legacy");
+    create_cluster_credential(&client, &name, &suite, json!({
+        "source": basic("registry.example.com"),
+        "target": {"namespaces": [ns], "secretName": "legacy-pull"},
+        "serviceAccounts": {"names": ["default"]}
+    }))
+    .await
+    .unwrap();
+    wait_synced(&client, &name, 1, 0, Duration::from_secs(60)).await;
+    let uid = Api::<ClusterRegistryCredential>::all(client.clone()).get(&name).await.unwrap().uid().unwrap();
+    let claimed = format!("legacy-pull={uid}");
+    wait_for(Duration::from_secs(30), "the selected entry claimed by the new credential", || async {
+        let sa = sas.get("default").await.ok()?;
+        (sa.annotations().get("regcred.dev/image-pull-secrets") == Some(&claimed)).then_some(())
+    })
+    .await;
+    assert_eq!(entries(&sas.get("default").await.unwrap()), ["legacy-pull"], "claimed without a duplicate");
+    // A few reconciles later the unselected one still has its entry: no
+    // entry is removed on upgrade.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let other = sas.get("other").await.unwrap();
+    assert_eq!(entries(&other), ["legacy-pull"], "an entry recorded by name only was removed");
+    assert_eq!(other.annotations().get("regcred.dev/image-pull-secrets").map(String::as_str), Some("legacy-pull"));
+}

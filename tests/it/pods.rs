@@ -482,6 +482,8 @@ async fn short_lived_tokens_restart_a_stuck_deployment_once() {
     assert!(evicted <= 1, "{evicted} evictions in 60 s of 5 s tokens");
     assert!(refused_pods.len() <= 2, "the stuck Deployment had {} Pods: restarted more than once", refused_pods.len());
     assert_eq!(missing_pods.len(), 1, "a Pod whose image does not exist was restarted");
+    let missing_now = pods_of(&client, n, "missing").await;
+    assert!(missing_now.iter().all(|p| pod_outcome(p) == Some(PodOutcome::PullFailed("ImagePullBackOff".into()))), "the missing-image Pod was not stuck as the test meant");
     assert!(braked >= 1, "the brake never held a Pod back");
     assert_no_secrets(&client, n, &operator, &[server.secret.clone()]).await;
 }

@@ -27,11 +27,13 @@ fn three_minutes_of_chaos_leave_no_expired_moment() {
     assert_eq!(report["expired_moments"], 0, "{report}");
     assert_eq!(report["secrets_lost"], 0, "{report}");
     assert_eq!(report["inactive_tokens_at_first_sight"], 0, "{report}");
-    // The sampler looked often enough to see any expired moment longer than
-    // 5 s (a sixth of the shortest token lifetime), however loaded the
-    // machine: a count of samples would depend on its speed.
+    // The sampler sees an expired moment at a read, or between two reads (a
+    // new credential issued after the previous one's not-after): exact while
+    // no two reads are a lifetime apart (30 s, the shortest), so no version
+    // comes and goes unseen. A slow read on a loaded machine (a 10 s one in
+    // a CI run) costs nothing; a count of samples would depend on its speed.
     assert!(report["samples"].as_u64().unwrap() >= 36, "the sampler barely ran: {report}");
-    assert!(report["longest_sample_gap_s"].as_f64().unwrap() <= 5.0, "the sampler left a gap: {report}");
+    assert!(report["longest_sample_gap_s"].as_f64().unwrap() <= 20.0, "the sampler left a gap: {report}");
     let chaos = report["chaos"].as_array().unwrap();
     assert_eq!(chaos.len(), 2, "{report}");
     assert!(chaos[0]["took_s"].as_f64().is_some(), "no new leader after kill -9: {report}");
