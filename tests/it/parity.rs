@@ -108,9 +108,9 @@ async fn the_fleet_revokes_replaced_and_deleted_tokens() {
     install_crd(&client).await;
     let home = namespace(&client, "frevoke-home").await;
     let suite = format!("frevoke-{}", std::process::id());
-    // 45 s tokens renew at about 30 s: the replaced token has about 15 s to
-    // live, so its revocation (2 s after) is not its expiry.
-    let server = OAuth2Server::start(45).await;
+    // 60 s tokens renew at about 40 s: the replaced token has about 20 s to
+    // live, so its revocation (2 s after) is not its expiry, even late.
+    let server = OAuth2Server::start(60).await;
     let operator = fleet_operator(&home.name, &suite, &[], &[]);
     create_secret(&client, &home.name, "client", json!({"client_id": "regcred-basic", "client_secret": server.secret})).await;
     let mut made = Namespaces(Vec::new());
@@ -129,7 +129,7 @@ async fn the_fleet_revokes_replaced_and_deleted_tokens() {
     let first = password_in(&copy, "registry.example.com");
     let first_expires = annotation_time(&copy, "regcred.dev/not-after");
     assert!(server.active(&first).await);
-    let second = wait_for(Duration::from_secs(60), "a rotation", || async {
+    let second = wait_for(Duration::from_secs(80), "a rotation", || async {
         let t = password_in(&copies.get("frevoke-pull").await.ok()?, "registry.example.com");
         (t != first).then_some(t)
     })
@@ -180,7 +180,9 @@ async fn a_changed_source_secret_reaches_every_copy_at_once() {
     let t = tokio::time::Instant::now();
     for ns in &targets {
         let copies: Api<Secret> = Api::namespaced(client.clone(), ns);
-        wait_for(Duration::from_secs(10), &format!("{ns}: the new password"), || async {
+        // At once: without noticing the change, the next look would be
+        // `refreshInterval` away (1 minute at the least).
+        wait_for(Duration::from_secs(30), &format!("{ns}: the new password"), || async {
             (password_in(&copies.get("fsource-pull").await.ok()?, "registry.example.com") == "fsource-pw-second-2").then_some(())
         })
         .await;
