@@ -10,7 +10,7 @@
 //! without a new mint. Secrets in target namespaces carry a controller owner reference
 //! to the cluster-scoped credential, so deleting it collects them.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,25 +58,47 @@ pub struct FleetContext {
     pub accounts: Store<ServiceAccount>,
     /// Where home Secrets live and, by default, what sources read.
     pub home_namespace: String,
-    /// The resourceVersion of each copy (namespace, name) as regcred last
-    /// wrote or checked it: a copy at any other version may have been
-    /// edited (its data is not in the metadata cache), so it is read and
-    /// compared before it counts as current.
-    pub written: std::sync::Mutex<std::collections::HashMap<(String, String), String>>,
+    /// Per credential (UID), the resourceVersion of its copy in each
+    /// namespace as regcred last wrote or checked it: a copy at any other
+    /// version may have been edited (its data is not in the metadata cache),
+    /// so it is read and compared before it counts as current. Holds only
+    /// target namespaces of live credentials (see [`FleetContext::keep_written`]).
+    pub written: std::sync::Mutex<HashMap<String, HashMap<String, String>>>,
 }
 
 impl FleetContext {
-    fn remember(&self, ns: &str, name: &str, rv: Option<&String>) {
+    fn remember(&self, uid: &str, ns: &str, rv: Option<&String>) {
         let mut w = self.written.lock().unwrap_or_else(|e| e.into_inner());
         match rv {
-            Some(rv) => w.insert((ns.to_string(), name.to_string()), rv.clone()),
-            None => w.remove(&(ns.to_string(), name.to_string())),
-        };
+            Some(rv) => {
+                w.entry(uid.to_string()).or_default().insert(ns.to_string(), rv.clone());
+            }
+            None => {
+                w.get_mut(uid).map(|m| m.remove(ns));
+            }
+        }
     }
 
-    fn written_at(&self, ns: &str, name: &str) -> Option<String> {
-        self.written.lock().unwrap_or_else(|e| e.into_inner()).get(&(ns.to_string(), name.to_string())).cloned()
+    fn written_at(&self, uid: &str, ns: &str) -> Option<String> {
+        self.written.lock().unwrap_or_else(|e| e.into_inner()).get(uid)?.get(ns).cloned()
     }
+
+    /// Forget the copies of `uid` outside `targets` (all of them when the
+    /// credential goes): namespaces deleted or left leave nothing behind.
+    fn keep_written(&self, uid: &str, targets: &BTreeSet<String>) {
+        let mut w = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        if targets.is_empty() {
+            w.remove(uid);
+        } else if let Some(m) = w.get_mut(uid) {
+            m.retain(|ns, _| targets.contains(ns));
+        }
+    }
+}
+
+/// Where a cluster credential's source reads Secrets: `sourceNamespace`,
+/// else the operator's namespace.
+fn refs_namespace(ccr: &ClusterRegistryCredential, home_namespace: &str) -> String {
+    ccr.spec.source_namespace.clone().unwrap_or_else(|| home_namespace.to_string())
 }
 
 /// The home Secret's name: `regcred-cluster-<name>`, shortened with a hash
@@ -212,11 +234,12 @@ async fn finalize(ctx: &FleetContext, api: &Api<ClusterRegistryCredential>, ccr:
         let homes: Api<Secret> = Api::namespaced(ctx.base.client.clone(), &ctx.home_namespace);
         let home = homes.get_opt(&home_name(&ccr.name_any())).await.ok().flatten();
         let current = home.filter(|h| secret::is_controlled_by(&h.metadata, &uid, KIND)).as_ref().and_then(secret::password_of);
-        let refs_ns = ccr.spec.source_namespace.clone().unwrap_or_else(|| ctx.home_namespace.clone());
+        let refs_ns = refs_namespace(ccr, &ctx.home_namespace);
         revoke::on_delete(&ctx.base, &ccr.spec.source, &refs_ns, ccr.object_ref(&()), (String::new(), ccr.name_any()), current).await;
     }
     // No namespace is targeted any more: every entry this credential owns goes.
     sync_accounts(ctx, ccr, &uid, &ccr.secret_name(), &BTreeSet::new(), &BTreeSet::new()).await?;
+    ctx.keep_written(&uid, &BTreeSet::new());
     set_finalizer(api, ccr, false).await.map_err(kube_err("removing the finalizer"))
 }
 
@@ -246,7 +269,7 @@ async fn credential(ctx: &FleetContext, ccr: &ClusterRegistryCredential, s: &Sub
     let home = homes.get_opt(&home_secret).await.map_err(kube_err("reading the home Secret"))?;
     let ours = |h: &Secret| secret::is_controlled_by(&h.metadata, &uid, KIND);
     let state = attempt::secret_state(home.as_ref(), ours);
-    let refs_ns = ccr.spec.source_namespace.clone().unwrap_or_else(|| ctx.home_namespace.clone());
+    let refs_ns = refs_namespace(ccr, &ctx.home_namespace);
     let refs: Api<Secret> = Api::namespaced(base.client.clone(), &refs_ns);
     let inputs = attempt::inputs(&source_fingerprint(ccr), &ccr.spec.source, &refs, None).await?;
     let renew_request = api::pending_renew_request(&ccr.metadata, ccr.status.as_ref().map(|s| &s.credential));
@@ -347,11 +370,14 @@ async fn fan_out(ctx: &FleetContext, ccr: &ClusterRegistryCredential, home: Opti
     for ns in &leaving {
         release_secret(ctx, ccr, &uid, &secret_name, ns).await;
     }
+    ctx.keep_written(&uid, &fan.targets);
     // Messages go to status and Events: redacted as the attempt's are (an
     // admission policy refusing a copy may quote it).
-    let values = home_ok.map(secret::values_in).unwrap_or_default();
-    for f in &mut fan.failures {
-        f.message = attempt::redact_values(&f.message, &values);
+    if !fan.failures.is_empty() {
+        let values = home_ok.map(secret::values_in).unwrap_or_default();
+        for f in &mut fan.failures {
+            f.message = attempt::redact_values(&f.message, &values);
+        }
     }
     fan.failures.sort_by(|a, b| a.namespace.cmp(&b.namespace));
     fan
@@ -406,7 +432,7 @@ async fn release_secret(ctx: &FleetContext, ccr: &ClusterRegistryCredential, uid
     let api: Api<Secret> = Api::namespaced(ctx.base.client.clone(), ns);
     match api.patch(secret_name, &PatchParams::default(), &Patch::Merge(patch)).await {
         Ok(_) => {
-            ctx.remember(ns, secret_name, None);
+            ctx.remember(uid, ns, None);
             info!(name = %ccr.name_any(), namespace = %ns, "namespace left the selection; its Secret goes to the garbage collector")
         }
         Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
@@ -441,7 +467,7 @@ async fn sync_secret(
     let cached = ctx.owned.get(&ObjectRef::new(secret_name).within(ns));
     let existing = match cached {
         Some(m) if secret::is_controlled_by(&m.metadata, uid, KIND) => {
-            if up_to_date(&m.metadata, &desired.metadata) && data_current(ctx, &api, &m.metadata, &desired).await {
+            if up_to_date(&m.metadata, &desired.metadata) && data_current(ctx, &api, uid, &m.metadata, &desired).await {
                 return Ok(());
             }
             Some(m.metadata.clone())
@@ -450,7 +476,7 @@ async fn sync_secret(
         Some(_) => return Err(fail(reason::SECRET_CONFLICT, conflict_message(secret_name))),
         None => None,
     };
-    let written = |w: Secret| ctx.remember(ns, secret_name, w.metadata.resource_version.as_ref());
+    let written = |w: Secret| ctx.remember(uid, ns, w.metadata.resource_version.as_ref());
     match secret::write_over(&api, existing.as_ref(), desired.clone()).await {
         Ok(w) => Ok(written(w)),
         Err(WriteError::Conflict) => {
@@ -471,14 +497,14 @@ async fn sync_secret(
 /// Does the copy (at the cached version) hold the data we would write? A
 /// version we wrote or checked says yes; any other is read and compared
 /// (someone may have edited the data, which the metadata cache cannot show).
-async fn data_current(ctx: &FleetContext, api: &Api<Secret>, cached: &kube::api::ObjectMeta, desired: &Secret) -> bool {
+async fn data_current(ctx: &FleetContext, api: &Api<Secret>, uid: &str, cached: &kube::api::ObjectMeta, desired: &Secret) -> bool {
     let (Some(ns), Some(name)) = (cached.namespace.as_deref(), cached.name.as_deref()) else { return false };
-    if cached.resource_version.is_some() && ctx.written_at(ns, name) == cached.resource_version {
+    if cached.resource_version.is_some() && ctx.written_at(uid, ns) == cached.resource_version {
         return true;
     }
     match api.get_opt(name).await {
         Ok(Some(s)) if s.data == desired.data && s.type_ == desired.type_ => {
-            ctx.remember(ns, name, s.metadata.resource_version.as_ref());
+            ctx.remember(uid, ns, s.metadata.resource_version.as_ref());
             true
         }
         // Edited, gone or unreadable: write it (the write says which).
@@ -539,10 +565,7 @@ async fn sync_accounts(
         .accounts
         .state()
         .into_iter()
-        .filter(|sa| {
-            sa.metadata.namespace.as_ref().is_some_and(|ns| targets.contains(ns))
-                || serviceaccounts::added_by_us(sa).iter().any(|r| r.secret == secret_name && r.owner.as_deref() == Some(uid))
-        })
+        .filter(|sa| sa.metadata.namespace.as_ref().is_some_and(|ns| targets.contains(ns)) || serviceaccounts::records_owner(sa, uid))
         .collect();
     serviceaccounts::sync(&ctx.base.client, &accounts, secret_name, uid, |sa| want(selection, targets, fed, sa))
         .await
@@ -554,8 +577,6 @@ pub fn error_policy(ccr: Arc<ClusterRegistryCredential>, err: &Error, _ctx: Arc<
     Action::requeue(Duration::from_secs(5))
 }
 
-/// The cluster credentials, reflected into `writer`, their metric series
-/// and attempt memory dropped with them.
 /// Where the cluster credentials' source Secrets are recorded.
 struct Refs {
     index: Arc<ReferenceIndex>,
@@ -564,11 +585,13 @@ struct Refs {
 
 impl Refs {
     fn set(&self, c: &ClusterRegistryCredential) {
-        let ns = c.spec.source_namespace.clone().unwrap_or_else(|| self.home_namespace.clone());
+        let ns = refs_namespace(c, &self.home_namespace);
         self.index.set((String::new(), c.name_any()), &ns, crate::source::referenced_secrets(&c.spec.source));
     }
 }
 
+/// The cluster credentials, reflected into `writer` and recorded in the
+/// reference index, their metric series and attempt memory dropped with them.
 fn credential_stream(
     base: &Arc<Context>,
     ccrs: Api<ClusterRegistryCredential>,

@@ -51,6 +51,13 @@ pub fn added_by_us(sa: &ServiceAccount) -> Vec<Recorded> {
         .unwrap_or_default()
 }
 
+/// Does the annotation record any entry for the credential `uid`? (A cheap
+/// look at the raw value, for scans over every ServiceAccount.)
+pub fn records_owner(sa: &ServiceAccount, uid: &str) -> bool {
+    let raw = sa.metadata.annotations.as_ref().and_then(|a| a.get(SA_ENTRIES_ANNOTATION));
+    !uid.is_empty() && raw.is_some_and(|v| v.contains(uid)) && added_by_us(sa).iter().any(|r| r.owner.as_deref() == Some(uid))
+}
+
 fn has_entry(sa: &ServiceAccount, secret: &str) -> bool {
     sa.image_pull_secrets.iter().flatten().any(|r| r.name == secret)
 }
@@ -83,25 +90,19 @@ pub enum Change {
 
 /// The decision, on the ServiceAccount as read.
 pub fn change_for(sa: &ServiceAccount, secret: &str, uid: &str, want: Want) -> Change {
-    let present = has_entry(sa, secret);
+    // `None`: not recorded (absent or added by hand); `Some(None)`: recorded
+    // by name only; `Some(Some(owner))`: recorded for a credential.
     let recorded = added_by_us(sa).into_iter().find(|r| r.secret == secret).map(|r| r.owner);
-    match (want, present, recorded) {
-        (Want::Gone, _, Some(Some(owner))) if owner == uid => Change::Remove,
-        (Want::Gone | Want::Hold, _, _) => match recorded_by_other(sa, secret, uid) {
-            Some(owner) if want == Want::Hold => Change::Clash(owner),
-            _ => Change::None,
-        },
-        (Want::Entry, _, Some(Some(owner))) if owner != uid => Change::Clash(owner),
-        (Want::Entry, false, _) => Change::Add,
-        // Recorded by name only (before owners were): claim it.
-        (Want::Entry, true, Some(None)) => Change::Add,
+    let other = recorded.clone().flatten().filter(|o| o != uid);
+    match (want, other) {
+        (Want::Entry | Want::Hold, Some(owner)) => Change::Clash(owner),
+        (Want::Gone, _) if recorded.as_ref().and_then(|o| o.as_deref()) == Some(uid) => Change::Remove,
+        (Want::Gone | Want::Hold, _) => Change::None,
+        // Missing, or recorded by name only (before owners were): add or claim it.
+        (Want::Entry, None) if !has_entry(sa, secret) || recorded == Some(None) => Change::Add,
         // Ours already, or added by hand (never claimed).
-        (Want::Entry, true, _) => Change::None,
+        (Want::Entry, None) => Change::None,
     }
-}
-
-fn recorded_by_other(sa: &ServiceAccount, secret: &str, uid: &str) -> Option<String> {
-    added_by_us(sa).into_iter().find(|r| r.secret == secret).and_then(|r| r.owner).filter(|o| o != uid)
 }
 
 /// Apply a change to a ServiceAccount object (pure; used on a fresh GET).
@@ -310,6 +311,14 @@ mod tests {
         // then it is u1's: a second credential neither removes nor claims it
         assert_eq!(change_for(&a, "pull", "u2", Want::Gone), Change::None);
         assert_eq!(change_for(&a, "pull", "u2", Want::Entry), Change::Clash("u1".into()));
+    }
+
+    #[test]
+    fn records_owner_looks_for_the_uid_as_an_owner() {
+        assert!(records_owner(&sa(&["a"], Some("a=u1,b=u2")), "u2"));
+        assert!(!records_owner(&sa(&["u2"], Some("u2")), "u2"), "a Secret named like the UID is no owner");
+        assert!(!records_owner(&sa(&[], None), "u2"));
+        assert!(!records_owner(&sa(&["a"], Some("a=u1")), ""));
     }
 
     #[test]
