@@ -22,6 +22,7 @@ use crate::context::{kube_err, Context, Error};
 use crate::metrics::SourceLabels;
 use crate::schedule::{self, Observed, OurSecret, Policy, SecretState};
 use crate::secret::{self, WriteError};
+use crate::slots::{Ask, Key, Work};
 use crate::source::{self, Minted, SecretReader, SourceContext, SourceError};
 use crate::status::reason;
 
@@ -285,33 +286,50 @@ pub struct Request<'a> {
     pub who: Minter<'a>,
     pub source: &'a CredentialSource,
     pub renewal: &'a Renewal,
-    pub now: DateTime<Utc>,
+    /// What kind of work it is, for its place in the queue.
+    pub work: Work,
 }
 
 /// How an attempt ended.
 pub enum Outcome {
-    /// A new credential is in the Secret.
-    Rotated { minted: Minted, renewal: schedule::Renewal, written: Secret },
+    /// A new credential is in the Secret; `at`: when its source was asked.
+    Rotated { minted: Minted, renewal: schedule::Renewal, written: Secret, at: DateTime<Utc> },
     /// The source or the API server refused; the Secret is as it was.
     Failed { reason: &'static str, message: String },
     /// The Secret kept changing under us (or someone else's appeared):
     /// nothing written, nothing to report; the attempt still counts against
     /// the least interval between mints.
     Contended,
+    /// The operator is stopping: the attempt never got its slot. Nothing
+    /// asked, nothing written, nothing to report.
+    Deferred,
 }
 
-/// Mint, then write; a write that lost a race is tried once more with the
-/// same credential against a fresh read.
+/// Wait for a slot (see [`crate::slots`]; the reconcile's deadline stands
+/// still meanwhile), mint, then write; a write that lost a race is tried
+/// once more with the same credential against a fresh read.
 pub async fn attempt(ctx: &Context, req: &Request<'_>, target: &Target<'_>) -> Result<Outcome, Error> {
     let (ns, name) = req.who.key();
-    ctx.attempts.started(ns, name, req.now);
+    let ask = Ask { work: req.work, key: Key { namespace: ns.to_string(), origin: source::origin(req.source) }, source: source_kind(req.source) };
+    let slot = {
+        let _turn = crate::context::waiting_turn();
+        ctx.slots.acquire(ask).await
+    };
+    let Some(slot) = slot else { return Ok(Outcome::Deferred) };
+    // The wait may have been long: the attempt starts now.
+    let now = (ctx.now)();
+    ctx.attempts.started(ns, name, now);
     let minted = async {
-        let (minted, renewal) = mint(ctx, &req.who, req.source, req.renewal, req.now).await?;
+        // Boxed: a reconcile waiting for its slot holds only a pointer to
+        // the mint's state, not the state itself.
+        let (minted, renewal) = Box::pin(mint(ctx, &req.who, req.source, req.renewal, now)).await?;
         // Empty or oversized: the source's answer is unusable.
         let desired = (target.render)(&minted, renewal).map_err(|e| SourceError::InvalidResponse { endpoint: "source".into(), problem: e.to_string() })?;
         Ok::<_, SourceError>((minted, renewal, desired))
     }
     .await;
+    // The slot bounds what is asked of sources; the write is the API server's.
+    drop(slot);
     let (minted, renewal, desired) = match minted {
         Ok(v) => v,
         Err(e) => return Ok(Outcome::Failed { reason: e.category(), message: redact(&e.to_string(), None) }),
@@ -321,7 +339,7 @@ pub async fn attempt(ctx: &Context, req: &Request<'_>, target: &Target<'_>) -> R
         other => other.map(Some),
     };
     match written {
-        Ok(Some(written)) => Ok(Outcome::Rotated { minted, renewal, written }),
+        Ok(Some(written)) => Ok(Outcome::Rotated { minted, renewal, written, at: now }),
         Ok(None) => Ok(Outcome::Contended),
         // The API server refused what we wrote (an admission policy, a
         // quota, a forbidden namespace): a failure like a failed mint.

@@ -50,15 +50,22 @@ pub struct RunArgs {
     #[arg(long, env = "REGCRED_SELECTOR")]
     pub selector: Option<String>,
 
-    /// How many credentials are reconciled at once; a slow endpoint holds up
-    /// only its own credentials.
+    /// How many attempts (asking a source for a credential) run at once.
+    /// Due renewals and repairs go first, then new credentials, then retries.
     #[arg(long, env = "REGCRED_CONCURRENCY", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,
 
-    /// How many credentials of one namespace are reconciled at once, so a
-    /// namespace whose endpoints hang cannot take every slot.
+    /// How many attempts of one namespace run at once, so a namespace whose
+    /// endpoints hang cannot take every slot.
     #[arg(long, env = "REGCRED_NAMESPACE_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
     pub namespace_concurrency: u16,
+
+    /// Attempts to one endpoint origin (scheme, host, port; ECR's regional
+    /// endpoint) at once, over every namespace; within one namespace an
+    /// origin gets at most half of --namespace-concurrency. A token server
+    /// that hangs holds only its own slots. Default: half of --concurrency.
+    #[arg(long, env = "REGCRED_ORIGIN_CONCURRENCY", value_parser = clap::value_parser!(u16).range(1..))]
+    pub origin_concurrency: Option<u16>,
 
     /// The least time between two mints of one credential, in seconds,
     /// whatever lifetime its source answers (a source handing out 1-second

@@ -3,7 +3,6 @@
 //! tenant from hurting the others (a share of the concurrency per namespace,
 //! a deadline and a panic backstop per reconcile, progress for `/healthz`).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,8 +28,11 @@ pub struct Settings {
     pub selector: Option<String>,
     /// Credentials reconciled at once.
     pub concurrency: u16,
-    /// Credentials of one namespace reconciled at once.
+    /// Attempts of one namespace at once.
     pub namespace_concurrency: u16,
+    /// Attempts to one endpoint origin at once (half of `concurrency`
+    /// when `None`).
+    pub origin_concurrency: Option<u16>,
     /// This replica's name, for Events.
     pub instance: String,
     pub ecr: source::EcrSettings,
@@ -49,6 +51,16 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// The limits of the attempts' slots.
+    pub fn limits(&self) -> crate::slots::Limits {
+        let total = usize::from(self.concurrency.max(1));
+        crate::slots::Limits {
+            total,
+            namespace: usize::from(self.namespace_concurrency.max(1)),
+            origin: self.origin_concurrency.map(usize::from).unwrap_or(total.div_ceil(2)).max(1),
+        }
+    }
+
     /// The longest one reconcile may take: the mint plus room for the API calls.
     pub fn reconcile_timeout(&self) -> Duration {
         self.mint_timeout + Duration::from_secs(30)
@@ -62,6 +74,7 @@ impl Default for Settings {
             selector: None,
             concurrency: 32,
             namespace_concurrency: 8,
+            origin_concurrency: None,
             instance: "regcred".into(),
             ecr: Default::default(),
             net: Default::default(),
@@ -122,38 +135,6 @@ impl Drop for InFlight {
     }
 }
 
-/// How long a reconcile waits for a slot of its namespace before it is
-/// requeued (1–2 s later).
-pub(crate) const NAMESPACE_SLOT_WAIT: Duration = Duration::from_millis(250);
-
-/// A share of the concurrency per namespace: a namespace whose endpoints
-/// hang holds at most its share of the reconcile slots.
-pub(crate) struct NamespaceLimits {
-    per_namespace: usize,
-    slots: Mutex<HashMap<String, Arc<Semaphore>>>,
-}
-
-impl NamespaceLimits {
-    /// A slot of this namespace, waiting at most `wait` for one: a burst of
-    /// quick reconciles in one namespace flows through, while a namespace
-    /// whose reconciles hang sends the rest away after `wait`.
-    pub(crate) async fn acquire(&self, namespace: &str, wait: Duration) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        let sem = {
-            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-            if slots.len() > 1024 {
-                // Forget idle namespaces so the map does not grow for ever.
-                let max = self.per_namespace;
-                slots.retain(|_, s| Arc::strong_count(s) > 1 || s.available_permits() < max);
-            }
-            slots.entry(namespace.to_string()).or_insert_with(|| Arc::new(Semaphore::new(self.per_namespace))).clone()
-        };
-        match sem.clone().try_acquire_owned() {
-            Ok(p) => Some(p),
-            Err(_) => tokio::time::timeout(wait, sem.acquire_owned()).await.ok()?.ok(),
-        }
-    }
-}
-
 /// Shared state of all reconciles.
 pub struct Context {
     pub client: Client,
@@ -163,7 +144,13 @@ pub struct Context {
     pub now: fn() -> DateTime<Utc>,
     pub settings: Settings,
     pub progress: Arc<Progress>,
-    pub(crate) limits: NamespaceLimits,
+    /// The fair queue every attempt waits in for a slot.
+    pub slots: Arc<crate::slots::Slots>,
+    /// Reconciles reading the API server before they decide, at once: the
+    /// controllers run every reconcile that is due (they wait in `slots`,
+    /// not in the controller's queue), so a relist of thousands of
+    /// credentials must not read them all at the same moment.
+    pub(crate) reads: Arc<Semaphore>,
     /// When each credential last asked its source, whatever came of it.
     pub attempts: crate::memo::Attempts,
     /// Our own writes, to serve reads from the watch caches safely.
@@ -183,9 +170,10 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             ecr: EcrMinter::new(client.clone(), settings.ecr.clone()),
             client,
+            slots: Arc::new(crate::slots::Slots::new(settings.limits(), metrics.clone())),
+            reads: Arc::new(Semaphore::new(usize::from(settings.concurrency.max(1)))),
             metrics,
             now: clock,
-            limits: NamespaceLimits { per_namespace: usize::from(settings.namespace_concurrency.max(1)), slots: Mutex::new(HashMap::new()) },
             settings: settings.clone(),
             progress,
             memo: Default::default(),
@@ -194,6 +182,15 @@ impl Context {
             source_versions: Default::default(),
             restarts: Default::default(),
         }
+    }
+}
+
+impl Context {
+    /// A turn to read the API server before deciding (see `reads`); the
+    /// reconcile's deadline stands still while it waits.
+    pub(crate) async fn reading(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let _turn = waiting_turn();
+        self.reads.clone().acquire_owned().await.ok()
     }
 }
 
@@ -256,18 +253,95 @@ pub enum Guarded<T> {
 
 /// Run one reconcile's work under its deadline and the panic backstop, in
 /// a span with a trace id, counted for `/healthz` and the duration metric.
+/// The deadline stands still while the work waits its turn (see
+/// [`waiting_turn`]): it bounds work, not a queue.
 pub async fn guard<T>(ctx: &Context, namespace: &str, name: &str, deadline: Duration, work: impl std::future::Future<Output = T>) -> Guarded<T> {
     let _in_flight = ctx.progress.begin();
     let started = Instant::now();
     let span = reconcile_span(namespace, name);
-    let timed = tracing::Instrument::instrument(tokio::time::timeout(deadline, work), span);
-    let out = match contain_panic(timed).await {
-        Ok(Ok(r)) => Guarded::Done(r),
-        Ok(Err(_)) => Guarded::Deadline(deadline),
+    let clock = Arc::new(Deadline::new(deadline));
+    let work = DEADLINE.scope(clock.clone(), work);
+    let raced = async {
+        tokio::select! {
+            r = work => Some(r),
+            () = clock.passed() => None,
+        }
+    };
+    let out = match contain_panic(tracing::Instrument::instrument(raced, span)).await {
+        Ok(Some(r)) => Guarded::Done(r),
+        Ok(None) => Guarded::Deadline(deadline),
         Err(panic) => Guarded::Panicked(panic),
     };
     ctx.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
     out
+}
+
+tokio::task_local! {
+    static DEADLINE: Arc<Deadline>;
+}
+
+/// A reconcile's deadline, which stands still while the reconcile waits.
+struct Deadline {
+    /// (when it passes, while not stopped; since when it is stopped)
+    at: Mutex<(tokio::time::Instant, Option<tokio::time::Instant>)>,
+    resumed: tokio::sync::Notify,
+}
+
+impl Deadline {
+    fn new(budget: Duration) -> Self {
+        Self { at: Mutex::new((tokio::time::Instant::now() + budget, None)), resumed: tokio::sync::Notify::new() }
+    }
+
+    fn get(&self) -> (tokio::time::Instant, Option<tokio::time::Instant>) {
+        *self.at.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Resolves when the deadline has passed (never while it stands still).
+    async fn passed(&self) {
+        loop {
+            let resumed = self.resumed.notified();
+            tokio::pin!(resumed);
+            resumed.as_mut().enable();
+            match self.get() {
+                (_, Some(_)) => resumed.await,
+                (at, None) if tokio::time::Instant::now() >= at => return,
+                (at, None) => {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(at) => {}
+                        () = resumed => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// While this lives, the current reconcile's deadline stands still.
+pub struct WaitingTurn(Option<Arc<Deadline>>);
+
+/// Stop the current reconcile's deadline while it waits its turn (for a
+/// slot, for a read): until the returned value is dropped. Outside a
+/// guarded reconcile, nothing.
+pub fn waiting_turn() -> WaitingTurn {
+    let d = DEADLINE.try_with(|d| d.clone()).ok();
+    if let Some(d) = &d {
+        let mut at = d.at.lock().unwrap_or_else(|p| p.into_inner());
+        at.1 = at.1.or(Some(tokio::time::Instant::now()));
+    }
+    WaitingTurn(d)
+}
+
+impl Drop for WaitingTurn {
+    fn drop(&mut self) {
+        let Some(d) = &self.0 else { return };
+        {
+            let mut at = d.at.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(since) = at.1.take() {
+                at.0 += tokio::time::Instant::now().saturating_duration_since(since);
+            }
+        }
+        d.resumed.notify_waiters();
+    }
 }
 
 /// A span per reconcile with the credential and a trace id, so one rotation
@@ -328,23 +402,38 @@ mod tests {
         assert!(!p.stalled_at(Instant::now() + Duration::from_secs(120)));
     }
 
-    #[tokio::test]
-    async fn namespaces_get_a_share() {
-        let l = Arc::new(NamespaceLimits { per_namespace: 2, slots: Mutex::new(HashMap::new()) });
-        let wait = Duration::from_millis(50);
-        let a1 = l.acquire("a", wait).await;
-        let a2 = l.acquire("a", wait).await;
-        assert!(a1.is_some() && a2.is_some());
-        assert!(l.acquire("a", wait).await.is_none(), "a third slot for namespace a");
-        assert!(l.acquire("b", wait).await.is_some(), "namespace b is not held up by a");
-        drop(a1);
-        assert!(l.acquire("a", wait).await.is_some());
-        // A slot freed while waiting is taken (a burst of quick reconciles flows).
-        let (l2, a3) = (l.clone(), l.acquire("a", wait).await);
-        let waiter = tokio::spawn(async move { l2.acquire("a", Duration::from_secs(5)).await.is_some() });
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        drop(a3);
-        assert!(waiter.await.unwrap());
-        drop(a2);
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_stands_still_while_waiting_its_turn() {
+        let budget = Duration::from_secs(10);
+        let clock = Arc::new(Deadline::new(budget));
+        let started = tokio::time::Instant::now();
+        let work = DEADLINE.scope(clock.clone(), async {
+            tokio::time::sleep(Duration::from_secs(6)).await;
+            {
+                let _turn = waiting_turn();
+                // An hour in a queue is not work.
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            "done"
+        });
+        let out = tokio::select! { r = work => Some(r), () = clock.passed() => None };
+        assert_eq!(out, Some("done"));
+        assert_eq!(tokio::time::Instant::now() - started, Duration::from_secs(3609));
+        // Past the budget in work alone: the deadline fires, on time.
+        let clock = Arc::new(Deadline::new(budget));
+        let started = tokio::time::Instant::now();
+        let work = DEADLINE.scope(clock.clone(), async {
+            {
+                let _turn = waiting_turn();
+                tokio::time::sleep(Duration::from_secs(100)).await;
+            }
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        });
+        let out = tokio::select! { () = work => Some(()), () = clock.passed() => None };
+        assert_eq!(out, None);
+        assert_eq!(tokio::time::Instant::now() - started, Duration::from_secs(110));
+        // Outside a guarded reconcile: nothing to stop.
+        drop(waiting_turn());
     }
 }

@@ -21,6 +21,14 @@ pub async fn run(
 ) {
     let ctx = Arc::new(Context::new(client.clone(), &settings, metrics, progress));
     let shutdown = futures::FutureExt::shared(shutdown);
+    // On shutdown, attempts still waiting for a slot are sent away (they
+    // ask nothing and write nothing), so the controllers stop promptly.
+    let slots = ctx.slots.clone();
+    let stopping = shutdown.clone();
+    tokio::spawn(async move {
+        stopping.await;
+        slots.close();
+    });
     let index = Arc::new(ReferenceIndex::default());
     // ClusterRegistryCredentials need cluster-wide access: only when the
     // operator watches every namespace.

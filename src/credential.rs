@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -21,7 +20,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::api::{self, RegistryCredential, RegistryCredentialStatus};
 use crate::attempt::{self, Minter, Outcome, Request, Seen, Target};
-use crate::context::{bounded, guard, kube_err, Context, Error, Guarded, NAMESPACE_SLOT_WAIT};
+use crate::context::{bounded, guard, kube_err, Context, Error, Guarded};
 use crate::finalizer::{has_finalizer, set_finalizer};
 use crate::index::ReferenceIndex;
 use crate::memo::Cached;
@@ -35,12 +34,9 @@ use crate::status::reason;
 
 pub async fn reconcile(cr: Arc<RegistryCredential>, ctx: Arc<Context>) -> Result<Action, Error> {
     let (ns, name) = (cr.namespace().unwrap_or_default(), cr.name_any());
-    // A namespace gets its share of the slots and no more; waiting long for
-    // one here would hold a global slot, so after a short wait come back later.
-    let Some(_slot) = ctx.limits.acquire(&ns, NAMESPACE_SLOT_WAIT).await else {
-        let jitter = schedule::seed(&name) % 1000;
-        return Ok(Action::requeue(Duration::from_millis(1000 + jitter)));
-    };
+    // Every due reconcile runs (the controller's concurrency is unbounded):
+    // what bounds the work is the slots an attempt waits for, in the order
+    // of `crate::slots`, and the gate on reads before the decision.
     match guard(&ctx, &ns, &name, ctx.settings.reconcile_timeout(), reconcile_inner(&cr, &ctx)).await {
         Guarded::Done(r) => r,
         // A deadline is a failure like any other: recorded, backed off.
@@ -113,6 +109,7 @@ struct Gathered {
 
 async fn reconcile_inner(cached: &RegistryCredential, ctx: &Context) -> Result<Action, Error> {
     let fresh;
+    let reading = ctx.reading().await;
     let cr = match fresh_enough(ctx, cached).await? {
         Fresh::Cached => cached,
         Fresh::Read(f) => {
@@ -121,13 +118,16 @@ async fn reconcile_inner(cached: &RegistryCredential, ctx: &Context) -> Result<A
         }
         Fresh::Done(action) => return Ok(action),
     };
+    drop(reading);
     if let Some(action) = finalize(ctx, cr).await? {
         return Ok(action);
     }
     let s = subject(cr);
     ctx.metrics.seen(&s.labels);
     let now = (ctx.now)();
+    let reading = ctx.reading().await;
     let g = gather(ctx, cr).await?;
+    drop(reading);
     let prev = cr.status.clone().unwrap_or_default();
     let seen = Seen {
         secret: g.state.clone(),
@@ -153,7 +153,8 @@ async fn reconcile_inner(cached: &RegistryCredential, ctx: &Context) -> Result<A
         }
         Decision::Mint(why) => {
             info!(namespace = %s.labels.namespace, name = %s.labels.name, reason = ?why, "minting");
-            rotate(ctx, cr, &s, prev, g, now).await
+            let work = crate::slots::Work::of(why, prev.last_rotation_time.is_some());
+            rotate(ctx, cr, &s, prev, g, work).await
         }
     }
 }
@@ -255,7 +256,7 @@ async fn rotate(
     s: &Subject,
     mut prev: RegistryCredentialStatus,
     g: Gathered,
-    now: DateTime<Utc>,
+    work: crate::slots::Work,
 ) -> Result<Action, Error> {
     let (ns, name, secret_name) = (cr.namespace().unwrap_or_default(), cr.name_any(), cr.secret_name());
     // A renew request is served by this attempt, whatever its outcome.
@@ -267,9 +268,9 @@ async fn rotate(
     let render = |m: &crate::source::Minted, r: schedule::Renewal| secret::desired(cr, m, &g.inputs, r.at);
     let target = Target { secrets: &secrets, name: &secret_name, existing: g.meta.clone(), ours: &ours, render: &render };
     let who = Minter { refs_namespace: &ns, name: &name, cluster_scoped: false, seed: s.seed, secrets_dir: None };
-    let req = Request { who, source: &cr.spec.source, renewal: &cr.spec.renewal, now };
-    let (minted, renewal, written) = match attempt::attempt(ctx, &req, &target).await? {
-        Outcome::Rotated { minted, renewal, written } => (minted, renewal, written),
+    let req = Request { who, source: &cr.spec.source, renewal: &cr.spec.renewal, work };
+    let (minted, renewal, written, now) = match attempt::attempt(ctx, &req, &target).await? {
+        Outcome::Rotated { minted, renewal, written, at } => (minted, renewal, written, at),
         Outcome::Failed { reason, message } => {
             let not_after = attempt::current_not_after(&g.state);
             return record_failure(ctx, cr, s, &prev, &g.inputs, Failure { why: reason, message, current_not_after: not_after }).await;
@@ -281,6 +282,8 @@ async fn rotate(
             ctx.owned_versions.deleted(&ns, &secret_name);
             return Ok(Action::requeue(Duration::from_secs(1)));
         }
+        // Stopping: the next leader takes it from here.
+        Outcome::Deferred => return Ok(Action::requeue(Duration::from_secs(1))),
     };
     let state = attempt::secret_state(Some(&written), |x| secret::is_ours(x, cr));
     ctx.memo.secret_written(&ns, &name, &secret_name, written.metadata.resource_version.clone(), state);
@@ -390,7 +393,7 @@ pub async fn run(
                 .map(|cr| ObjectRef::from_obj(cr.as_ref()))
                 .collect::<Vec<_>>()
         })
-        .with_config(ControllerConfig::default().concurrency(settings.concurrency))
+        .with_config(ControllerConfig::default().concurrency(0))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {

@@ -297,9 +297,10 @@ async fn credential(ctx: &FleetContext, ccr: &ClusterRegistryCredential, s: &Sub
     let render = |m: &crate::source::Minted, r: schedule::Renewal| secret::desired_at(&place, m, &inputs, r.at);
     let target = Target { secrets: &homes, name: &home_secret, existing: home.as_ref().map(|h| h.metadata.clone()), ours: &ours, render: &render };
     let who = Minter { refs_namespace: &refs_ns, name: &name, cluster_scoped: true, seed: s.seed, secrets_dir: None };
-    let req = Request { who, source: &ccr.spec.source, renewal: &ccr.spec.renewal, now };
+    let work = crate::slots::Work::of(why, prev.last_rotation_time.is_some());
+    let req = Request { who, source: &ccr.spec.source, renewal: &ccr.spec.renewal, work };
     match attempt::attempt(base, &req, &target).await? {
-        Outcome::Rotated { minted, renewal, written } => {
+        Outcome::Rotated { minted, renewal, written, at: now } => {
             let previous = home.as_ref().filter(|h| ours(h)).and_then(secret::password_of);
             revoke::after_rotation(base, &ccr.spec.source, &refs_ns, s.about.clone(), (String::new(), name.clone()), previous, &minted);
             step(report::rotated(base, s, &prev, &inputs, &minted, &renewal, now).await, renewal.at, Some(written))
@@ -309,7 +310,7 @@ async fn credential(ctx: &FleetContext, ccr: &ClusterRegistryCredential, s: &Sub
             let (st, retry_at) = report::failed(base, s, &prev, &inputs, f, now).await;
             step(st, retry_at, home)
         }
-        Outcome::Contended => Ok(None),
+        Outcome::Contended | Outcome::Deferred => Ok(None),
     }
 }
 

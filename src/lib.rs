@@ -7,7 +7,9 @@
 //!    decision), `egress`, `source` (minting from each kind of source),
 //!    `secret` (rendering and writing the pull Secret), `status` (status
 //!    values), `memo` (what regcred remembers of its own writes and
-//!    attempts), `metrics`, `telemetry`, `crdgen`.
+//!    attempts), `metrics`, `slots` (the fair queue every attempt waits
+//!    in: limits per namespace and origin, renewals first), `telemetry`,
+//!    `crdgen`.
 //! 2. `context`: settings, the shared state of every reconcile, deadlines,
 //!    the panic backstop, Events.
 //! 3. The parts of a reconcile: `index` (which credentials read which
@@ -43,6 +45,7 @@ pub mod revoke;
 pub mod schedule;
 pub mod secret;
 pub mod serviceaccounts;
+pub mod slots;
 pub mod source;
 pub mod status;
 pub mod telemetry;

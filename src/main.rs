@@ -127,6 +127,7 @@ fn settings(args: &RunArgs) -> anyhow::Result<Settings> {
         selector: args.selector.clone(),
         concurrency: args.concurrency,
         namespace_concurrency: args.namespace_concurrency,
+        origin_concurrency: args.origin_concurrency,
         instance: args.instance.clone(),
         ecr: EcrSettings {
             identity_namespaces: args.ecr_identity_namespaces.clone(),

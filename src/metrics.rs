@@ -46,6 +46,16 @@ pub struct SourceLabels {
     pub source: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkLabels {
+    /// One of `renewal`, `repair`, `first_mint`, `retry` (the kinds of work of the slots queue).
+    pub work: String,
+}
+
+fn wait_histogram() -> Histogram {
+    Histogram::new([0.001, 0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0])
+}
+
 pub struct Metrics {
     registry: Registry,
     /// Credentials that have series, so the series of credentials that are
@@ -61,6 +71,12 @@ pub struct Metrics {
     pub pod_restarts: Family<PodRestartLabels, Counter>,
     pub reconcile_duration: Histogram,
     pub leader: Gauge,
+    /// Attempts asking their source now, by source kind.
+    pub attempts_in_flight: Family<SourceLabels, Gauge>,
+    /// Attempts waiting for a slot, by source kind.
+    pub attempts_waiting: Family<SourceLabels, Gauge>,
+    /// How long attempts waited for a slot, by kind of work.
+    pub queue_wait: Family<WorkLabels, Histogram, fn() -> Histogram>,
 }
 
 impl Default for Metrics {
@@ -77,6 +93,9 @@ impl Default for Metrics {
             pod_restarts: Family::default(),
             reconcile_duration: Histogram::new([0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
             leader: Gauge::default(),
+            attempts_in_flight: Family::default(),
+            attempts_waiting: Family::default(),
+            queue_wait: Family::new_with_constructor(wait_histogram),
             registry: Registry::default(),
             seen: Default::default(),
         };
@@ -106,6 +125,13 @@ impl Default for Metrics {
             m.reconcile_duration.clone(),
         );
         registry.register("leader", "1 while this replica holds the leader lease", m.leader.clone());
+        registry.register("attempts_in_flight", "Attempts asking their source now, by source kind", m.attempts_in_flight.clone());
+        registry.register("attempts_waiting", "Attempts waiting for a slot (see --origin-concurrency), by source kind", m.attempts_waiting.clone());
+        registry.register(
+            "queue_wait_seconds",
+            "How long attempts waited for a slot, by kind of work (renewal, repair, first_mint, retry)",
+            m.queue_wait.clone(),
+        );
         Self { registry, ..m }
     }
 }

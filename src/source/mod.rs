@@ -177,6 +177,28 @@ pub async fn verify_at_registries(minted: &Minted, allow_http: bool, net: &NetPo
     Ok(())
 }
 
+/// The endpoint origin a source dials (scheme, host and port), which its
+/// attempts' slots count against: the token URL, or ECR's endpoint (the
+/// override, else the region's). `None` for `basic` (it reads a Secret).
+/// A URL that does not parse is its own origin (the mint then fails).
+pub fn origin(spec: &CredentialSource) -> Option<String> {
+    let of = |u: &str| match url::Url::parse(u) {
+        Ok(url) => url.origin().ascii_serialization(),
+        Err(_) => u.chars().take(256).collect(),
+    };
+    if let Some(e) = &spec.ecr {
+        return Some(match &e.endpoint {
+            Some(endpoint) => of(endpoint),
+            None if e.public == Some(true) => "https://api.ecr-public.us-east-1.amazonaws.com".into(),
+            None => of(&format!("https://api.ecr.{}.amazonaws.com", e.region)),
+        });
+    }
+    if let Some(o) = &spec.oauth2 {
+        return Some(of(&o.token_url));
+    }
+    spec.http.as_ref().map(|h| of(&h.url))
+}
+
 /// Names of the Secrets a source reads, in the credential's namespace. A
 /// change to any of them triggers a new mint.
 pub fn referenced_secrets(spec: &CredentialSource) -> Vec<String> {

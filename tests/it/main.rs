@@ -16,5 +16,6 @@ mod rotation;
 mod sealed;
 mod soak;
 mod ship;
+mod slots;
 mod support;
 mod tls;
