@@ -38,7 +38,10 @@ pub async fn run(
     // One watch of the Secrets sources read serves both kinds: changes to
     // those a cluster credential reads reach the fleet through `triggers`.
     let (triggers, triggered) = futures::channel::mpsc::unbounded();
-    let fleet = crate::fleet::Fleet { home_namespace: settings.operator_namespace.clone(), selector: settings.selector.clone(), concurrency: settings.concurrency.min(8) };
+    // Unbounded like the namespaced kind's: attempts wait in the slots'
+    // queue, so one cluster credential waiting on a hanging origin does not
+    // hold another's renewal in the controller's queue.
+    let fleet = crate::fleet::Fleet { home_namespace: settings.operator_namespace.clone(), selector: settings.selector.clone(), concurrency: 0 };
     let fleet = crate::fleet::run(fleet, client, ctx.clone(), index.clone(), triggered, shutdown.clone());
     futures::join!(credential::run(ctx, index, Some(triggers), shutdown), fleet);
 }

@@ -187,9 +187,11 @@ async fn reconcile_inner(cached: &ClusterRegistryCredential, ctx: &FleetContext)
         }
     }
     let api: Api<ClusterRegistryCredential> = Api::all(ctx.base.client.clone());
+    let reading = ctx.base.reading().await;
     let Some(ccr) = api.get_opt(&cached.name_any()).await.map_err(kube_err("reading the ClusterRegistryCredential"))? else {
         return Ok(Action::await_change());
     };
+    drop(reading);
     if ccr.metadata.deletion_timestamp.is_some() {
         finalize(ctx, &api, &ccr).await?;
         return Ok(Action::await_change());
@@ -204,6 +206,8 @@ async fn reconcile_inner(cached: &ClusterRegistryCredential, ctx: &FleetContext)
         // The home Secret changed under the write: look again.
         return Ok(Action::requeue(Duration::from_secs(1)));
     };
+    // The fan-out reads and writes as much as a relist does: one turn of the gate.
+    let _writing = ctx.base.reading().await;
     let fan = fan_out(ctx, &ccr, step.home.as_ref()).await;
     let mut st = fleet_status(&ccr, step.status, &fan, now);
     let prev = ccr.status.clone().unwrap_or_default().credential;
@@ -266,6 +270,7 @@ async fn credential(ctx: &FleetContext, ccr: &ClusterRegistryCredential, s: &Sub
     let (name, uid) = (ccr.name_any(), ccr.metadata.uid.clone().unwrap_or_default());
     let homes: Api<Secret> = Api::namespaced(base.client.clone(), &ctx.home_namespace);
     let home_secret = home_name(&name);
+    let reading = base.reading().await;
     let home = homes.get_opt(&home_secret).await.map_err(kube_err("reading the home Secret"))?;
     let ours = |h: &Secret| secret::is_controlled_by(&h.metadata, &uid, KIND);
     let state = attempt::secret_state(home.as_ref(), ours);
@@ -274,6 +279,7 @@ async fn credential(ctx: &FleetContext, ccr: &ClusterRegistryCredential, s: &Sub
     let inputs = attempt::inputs(&source_fingerprint(ccr), &ccr.spec.source, &refs, None).await?;
     let renew_request = api::pending_renew_request(&ccr.metadata, ccr.status.as_ref().map(|s| &s.credential));
     let mut prev = ccr.status.clone().unwrap_or_default().credential;
+    drop(reading);
     let last_attempt = base.attempts.last("", &name);
     let seen = Seen { secret: state.clone(), desired_inputs: inputs.clone(), prev: &prev, renew_requested: renew_request.is_some(), last_attempt, seed: s.seed };
     let step = |status, next, home| Ok(Some(Step { status, next, home }));
@@ -634,6 +640,8 @@ pub struct Fleet {
     /// Where home Secrets live and, by default, what sources read.
     pub home_namespace: String,
     pub selector: Option<String>,
+    /// Reconciles at once; 0: unbounded (what bounds the work is the
+    /// attempts' slots and the reads gate, see `crate::slots`).
     pub concurrency: u16,
 }
 
@@ -700,7 +708,7 @@ pub async fn run(
         })
         .watches_stream(sa_stream, move |_| every(&with_accounts, true))
         .reconcile_on(triggered.map(|name| ObjectRef::new(&name)))
-        .with_config(ControllerConfig::default().concurrency(concurrency.max(1)))
+        .with_config(ControllerConfig::default().concurrency(concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {

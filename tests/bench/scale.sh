@@ -23,11 +23,23 @@
 # root command starts no webhook and no cert controller.
 #
 # Prints a Markdown table; writes JSON (default: $dir/scale.json, printed).
+#
+#   tests/bench/scale.sh --burst [N] [--before BIN] [--out FILE]
+#
+# The burst instead (tests/bench/burst.py; regcred only, N default 10000):
+# 100 running credentials with 20 s tokens renewed at half their life while
+# N new credentials are created at once, all from one token server answering
+# after 50 ms. Reports the worst and median lateness of the renewals that
+# fell due meanwhile, expired moments, first create -> all N written, peak
+# RSS; with --before, the same for another regcred binary (e.g. the previous
+# main's release build) first.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
-n=1000; namespaces=1; eso=1; eso_tuned=1; out=""
+n=""; namespaces=1; eso=1; eso_tuned=1; out=""; burst=0; before=""
 while [ $# -gt 0 ]; do
   case $1 in
+    --burst) burst=1; shift ;;
+    --before) before=$2; shift 2 ;;
     --namespaces) namespaces=$2; shift 2 ;;
     --no-eso) eso=0; shift ;;
     --eso-defaults-only) eso_tuned=0; shift ;;
@@ -35,6 +47,21 @@ while [ $# -gt 0 ]; do
     *) n=$1; shift ;;
   esac
 done
+if [ "$burst" = 1 ]; then
+  n=${n:-10000}
+  bench_setup
+  out=${out:-$dir/burst.json}
+  run="run --watch-namespace {ns} --metrics-bind-address 127.0.0.1:{port} --log-level warn"
+  controllers=()
+  [ -n "$before" ] && controllers+=("before=exec env POD_NAMESPACE=default $before $run")
+  controllers+=("regcred=exec env POD_NAMESPACE=default $bin $run")
+  server=$("$k" config view --minify -o jsonpath='{.clusters[0].cluster.server}')
+  hostile="$root/tests/peers/hostile.py"
+  python3 "$root/tests/bench/burst.py" "$server" "$dir/cp/pki" "$out" "$n" "$hostile" "${controllers[@]}"
+  echo "JSON: $out (controller logs beside it)"
+  exit 0
+fi
+n=${n:-1000}
 bench_build
 version=v0.16.2
 cache=${REGCRED_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/regcred}
