@@ -334,10 +334,13 @@ pub async fn attempt(ctx: &Context, req: &Request<'_>, target: &Target<'_>) -> R
         Ok(v) => v,
         Err(e) => return Ok(Outcome::Failed { reason: e.category(), message: redact(&e.to_string(), None) }),
     };
-    let written = match secret::write_over(target.secrets, target.existing.as_ref(), desired.clone()).await {
-        Err(WriteError::Conflict | WriteError::Stale) => rewrite(target, desired).await,
-        other => other.map(Some),
-    };
+    let written = Box::pin(async {
+        match secret::write_over(target.secrets, target.existing.as_ref(), desired.clone()).await {
+            Err(WriteError::Conflict | WriteError::Stale) => rewrite(target, desired).await,
+            other => other.map(Some),
+        }
+    })
+    .await;
     match written {
         Ok(Some(written)) => Ok(Outcome::Rotated { minted, renewal, written, at: now }),
         Ok(None) => Ok(Outcome::Contended),

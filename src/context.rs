@@ -254,8 +254,10 @@ pub enum Guarded<T> {
 /// Run one reconcile's work under its deadline and the panic backstop, in
 /// a span with a trace id, counted for `/healthz` and the duration metric.
 /// The deadline stands still while the work waits its turn (see
-/// [`waiting_turn`]): it bounds work, not a queue.
-pub async fn guard<T>(ctx: &Context, namespace: &str, name: &str, deadline: Duration, work: impl std::future::Future<Output = T>) -> Guarded<T> {
+/// [`waiting_turn`]): it bounds work, not a queue. The work comes boxed: a
+/// reconcile waiting for a slot then holds a pointer, not a copy of every
+/// state its work could be in.
+pub async fn guard<T>(ctx: &Context, namespace: &str, name: &str, deadline: Duration, work: std::pin::Pin<Box<impl std::future::Future<Output = T>>>) -> Guarded<T> {
     let _in_flight = ctx.progress.begin();
     let started = Instant::now();
     let span = reconcile_span(namespace, name);

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::Utc;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -37,18 +38,18 @@ pub async fn reconcile(cr: Arc<RegistryCredential>, ctx: Arc<Context>) -> Result
     // Every due reconcile runs (the controller's concurrency is unbounded):
     // what bounds the work is the slots an attempt waits for, in the order
     // of `crate::slots`, and the gate on reads before the decision.
-    match guard(&ctx, &ns, &name, ctx.settings.reconcile_timeout(), reconcile_inner(&cr, &ctx)).await {
+    match guard(&ctx, &ns, &name, ctx.settings.reconcile_timeout(), Box::pin(reconcile_inner(&cr, &ctx))).await {
         Guarded::Done(r) => r,
         // A deadline is a failure like any other: recorded, backed off.
         Guarded::Deadline(d) => {
             let message = format!("the reconcile did not finish within {}s; retrying with backoff", d.as_secs());
-            bounded(stopped(&ctx, &cr, reason::MINT_FAILED, message)).await
+            bounded(Box::pin(stopped(&ctx, &cr, reason::MINT_FAILED, message))).await
         }
         Guarded::Panicked(panic) => {
             // The panic message is ours (never secret material), but keep it in the log only.
             error!(namespace = %ns, name = %name, panic = %panic, "a reconcile panicked; the credential is failed and retried");
             let message = "an internal error stopped this reconcile (see the operator log); retrying with backoff".to_string();
-            bounded(stopped(&ctx, &cr, reason::INTERNAL_ERROR, message)).await
+            bounded(Box::pin(stopped(&ctx, &cr, reason::INTERNAL_ERROR, message))).await
         }
     }
 }
@@ -110,7 +111,7 @@ struct Gathered {
 async fn reconcile_inner(cached: &RegistryCredential, ctx: &Context) -> Result<Action, Error> {
     let fresh;
     let reading = ctx.reading().await;
-    let cr = match fresh_enough(ctx, cached).await? {
+    let cr = match Box::pin(fresh_enough(ctx, cached)).await? {
         Fresh::Cached => cached,
         Fresh::Read(f) => {
             fresh = f;
@@ -119,14 +120,16 @@ async fn reconcile_inner(cached: &RegistryCredential, ctx: &Context) -> Result<A
         Fresh::Done(action) => return Ok(action),
     };
     drop(reading);
-    if let Some(action) = finalize(ctx, cr).await? {
+    // The rarer and larger steps are boxed (here and in `rotate`): a
+    // reconcile waiting for its slot holds only what that wait needs.
+    if let Some(action) = Box::pin(finalize(ctx, cr)).await? {
         return Ok(action);
     }
     let s = subject(cr);
     ctx.metrics.seen(&s.labels);
     let now = (ctx.now)();
     let reading = ctx.reading().await;
-    let g = gather(ctx, cr).await?;
+    let g = Box::pin(gather(ctx, cr)).await?;
     drop(reading);
     let prev = cr.status.clone().unwrap_or_default();
     let seen = Seen {
@@ -139,7 +142,7 @@ async fn reconcile_inner(cached: &RegistryCredential, ctx: &Context) -> Result<A
     };
     match schedule::decide(now, &attempt::observed(seen, ctx.settings.min_mint_interval)) {
         Decision::Blocked => {
-            let st = report::blocked(ctx, &s, &prev, now).await;
+            let st = Box::pin(report::blocked(ctx, &s, &prev, now)).await;
             write_status(ctx, cr, &st).await?;
             Ok(Action::requeue(schedule::requeue_after(now, schedule::add(now, schedule::BLOCKED_RECHECK))))
         }
@@ -147,14 +150,14 @@ async fn reconcile_inner(cached: &RegistryCredential, ctx: &Context) -> Result<A
             debug!(namespace = %s.labels.namespace, name = %s.labels.name, until = %at, "nothing to do yet");
             report::waiting(ctx, &s, &prev, &g.state, at);
             if matches!(&g.state, SecretState::Ours(o) if o.intact) {
-                sync_accounts(ctx, cr, &s, prev).await?;
+                Box::pin(sync_accounts(ctx, cr, &s, prev)).await?;
             }
             Ok(Action::requeue(schedule::requeue_after(now, at)))
         }
         Decision::Mint(why) => {
             info!(namespace = %s.labels.namespace, name = %s.labels.name, reason = ?why, "minting");
             let work = crate::slots::Work::of(why, prev.last_rotation_time.is_some());
-            rotate(ctx, cr, &s, prev, g, work).await
+            Box::pin(rotate(ctx, cr, &s, prev, g, work)).await
         }
     }
 }
@@ -273,7 +276,7 @@ async fn rotate(
         Outcome::Rotated { minted, renewal, written, at } => (minted, renewal, written, at),
         Outcome::Failed { reason, message } => {
             let not_after = attempt::current_not_after(&g.state);
-            return record_failure(ctx, cr, s, &prev, &g.inputs, Failure { why: reason, message, current_not_after: not_after }).await;
+            return Box::pin(record_failure(ctx, cr, s, &prev, &g.inputs, Failure { why: reason, message, current_not_after: not_after })).await;
         }
         Outcome::Contended => {
             // What we thought of the Secret was wrong: read it next time
@@ -287,10 +290,27 @@ async fn rotate(
     };
     let state = attempt::secret_state(Some(&written), |x| secret::is_ours(x, cr));
     ctx.memo.secret_written(&ns, &name, &secret_name, written.metadata.resource_version.clone(), state);
+    Box::pin(after_rotation(ctx, cr, s, prev, &g, minted, renewal, now)).await
+}
+
+/// A new credential is in the Secret: status, revocation of the one it
+/// replaced, ServiceAccounts, stuck Pods.
+#[allow(clippy::too_many_arguments)]
+async fn after_rotation(
+    ctx: &Context,
+    cr: &RegistryCredential,
+    s: &Subject,
+    prev: RegistryCredentialStatus,
+    g: &Gathered,
+    minted: crate::source::Minted,
+    renewal: schedule::Renewal,
+    now: chrono::DateTime<Utc>,
+) -> Result<Action, Error> {
+    let (ns, name) = (&s.labels.namespace, &s.labels.name);
     let st = report::rotated(ctx, s, &prev, &g.inputs, &minted, &renewal, now).await;
     write_status(ctx, cr, &st).await?;
     let previous = g.existing.as_ref().filter(|x| secret::is_ours(x, cr)).and_then(secret::password_of);
-    revoke::after_rotation(ctx, &cr.spec.source, &ns, cr.object_ref(&()), (ns.clone(), name.clone()), previous, &minted);
+    revoke::after_rotation(ctx, &cr.spec.source, ns, cr.object_ref(&()), (ns.clone(), name.clone()), previous, &minted);
     let st = sync_accounts(ctx, cr, s, st).await?;
     restart_stuck(ctx, cr, s, st).await?;
     Ok(Action::requeue(schedule::requeue_after((ctx.now)(), renewal.at)))
@@ -537,4 +557,46 @@ fn referencing(index: &ReferenceIndex, cluster: Option<&ClusterTriggers>, secret
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// During a burst thousands of reconciles wait for their slots at once
+    /// (the controller runs every due reconcile): what each holds while it
+    /// waits is the futures on the way to the slot, each sized to its
+    /// largest state. The larger steps are boxed so that stays small (it
+    /// was 68 KiB for `reconcile` alone before they were).
+    #[tokio::test]
+    async fn a_reconcile_waiting_for_its_slot_holds_little() {
+        crate::install_crypto_provider();
+        let client = kube::Client::try_from(kube::Config::new("http://127.0.0.1:1".parse().unwrap())).unwrap();
+        let progress = Arc::new(crate::context::Progress::new(Duration::from_secs(90)));
+        let ctx = Arc::new(Context::new(client, &Default::default(), Default::default(), progress));
+        let cr: RegistryCredential = serde_json::from_value(serde_json::json!({
+            "apiVersion": "regcred.dev/v1alpha1", "kind": "RegistryCredential", "metadata": {"name": "a", "namespace": "b"},
+            "spec": {"source": {"basic": {"secretRef": {"name": "x"}, "registries": ["r"]}}}
+        }))
+        .unwrap();
+        let cr = Arc::new(cr);
+        let g = Gathered { state: SecretState::Missing, existing: None, meta: None, inputs: String::new(), renew_request: None };
+        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), "b");
+        let ours = |_: &Secret| true;
+        let render = |m: &crate::source::Minted, r: schedule::Renewal| secret::desired(&cr, m, "", r.at);
+        let target = Target { secrets: &secrets, name: "x", existing: None, ours: &ours, render: &render };
+        let who = Minter { refs_namespace: "b", name: "a", cluster_scoped: false, seed: 0, secrets_dir: None };
+        let req = Request { who, source: &cr.spec.source, renewal: &cr.spec.renewal, work: crate::slots::Work::Renewal };
+        let ask = crate::slots::Ask { work: crate::slots::Work::Renewal, key: crate::slots::Key { namespace: "b".into(), origin: None }, source: "basic" };
+        let chain = [
+            ("reconcile", std::mem::size_of_val(&reconcile(cr.clone(), ctx.clone()))),
+            ("reconcile_inner", std::mem::size_of_val(&reconcile_inner(&cr, &ctx))),
+            ("rotate", std::mem::size_of_val(&rotate(&ctx, &cr, &subject(&cr), Default::default(), g, crate::slots::Work::Renewal))),
+            ("attempt", std::mem::size_of_val(&attempt::attempt(&ctx, &req, &target))),
+            ("acquire", std::mem::size_of_val(&ctx.slots.acquire(ask))),
+        ];
+        let total: usize = chain.iter().map(|(_, n)| n).sum();
+        eprintln!("waiting for a slot: {chain:?}, {total} bytes");
+        assert!(total <= 24 * 1024, "a waiting reconcile holds {total} bytes: {chain:?}");
+    }
 }

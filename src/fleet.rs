@@ -136,12 +136,12 @@ pub async fn reconcile(ccr: Arc<ClusterRegistryCredential>, ctx: Arc<FleetContex
     let name = ccr.name_any();
     // Writing hundreds of namespaces takes longer than one namespace's work.
     let deadline = ctx.base.settings.reconcile_timeout() + Duration::from_secs(120);
-    match guard(&ctx.base, "", &name, deadline, reconcile_inner(&ccr, &ctx)).await {
+    match guard(&ctx.base, "", &name, deadline, Box::pin(reconcile_inner(&ccr, &ctx))).await {
         Guarded::Done(r) => r,
         // A deadline is a failure like any other: recorded, backed off.
         Guarded::Deadline(d) => {
             let message = format!("the reconcile did not finish within {}s; retrying with backoff", d.as_secs());
-            bounded(stopped(&ctx, &name, reason::MINT_FAILED, message)).await
+            bounded(Box::pin(stopped(&ctx, &name, reason::MINT_FAILED, message))).await
         }
         Guarded::Panicked(panic) => {
             error!(name = %name, panic = %panic, "a fleet reconcile panicked; retrying later");
