@@ -15,6 +15,7 @@ use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::Api;
+use kube::runtime::controller::Action;
 use tokio::time::Instant;
 
 use crate::api::{self, CredentialSource, Renewal};
@@ -22,7 +23,7 @@ use crate::context::{kube_err, Context, Error};
 use crate::metrics::SourceLabels;
 use crate::schedule::{self, Observed, OurSecret, Policy, SecretState};
 use crate::secret::{self, WriteError};
-use crate::slots::{Ask, Key, Work};
+use crate::slots::{Ask, Key, Permit, Work};
 use crate::source::{self, Minted, SecretReader, SourceContext, SourceError};
 use crate::status::reason;
 
@@ -286,8 +287,6 @@ pub struct Request<'a> {
     pub who: Minter<'a>,
     pub source: &'a CredentialSource,
     pub renewal: &'a Renewal,
-    /// What kind of work it is, for its place in the queue.
-    pub work: Work,
 }
 
 /// How an attempt ended.
@@ -300,23 +299,68 @@ pub enum Outcome {
     /// nothing written, nothing to report; the attempt still counts against
     /// the least interval between mints.
     Contended,
-    /// The operator is stopping: the attempt never got its slot. Nothing
-    /// asked, nothing written, nothing to report.
-    Deferred,
 }
 
-/// Wait for a slot (see [`crate::slots`]; the reconcile's deadline stands
-/// still meanwhile), mint, then write; a write that lost a race is tried
-/// once more with the same credential against a fresh read.
-pub async fn attempt(ctx: &Context, req: &Request<'_>, target: &Target<'_>) -> Result<Outcome, Error> {
+/// The slot an attempt needs (see [`crate::slots`]): `namespace` is the
+/// credential's (`""` for cluster-scoped ones).
+pub fn ask(namespace: &str, source: &CredentialSource, work: Work) -> Ask {
+    Ask { work, key: Key { namespace: namespace.to_string(), origin: source::origin(source) }, source: source_kind(source) }
+}
+
+/// How one pass of a reconcile ended: done, or it found a mint due and
+/// holds no slot for it (see [`in_passes`]). `next`: what the next pass
+/// starts from.
+pub enum Pass<S> {
+    Done(Action),
+    NeedSlot { ask: Ask, next: S },
+}
+
+/// At most this many passes per reconcile: a pass that needs another slot
+/// than the one it got (its spec changed the origin meanwhile) asks again,
+/// but not for ever.
+const MAX_PASSES: usize = 3;
+
+/// Run a reconcile in passes, the same for both kinds. A pass decides; when
+/// a mint is due and it holds no slot for it, it ends asking for one. The
+/// slot is waited for here, between passes: outside the pass's deadline,
+/// holding nothing but the ask (thousands may wait during a burst). The
+/// next pass decides again with the slot in hand, from what is true after
+/// the wait, and mints only if that is still due.
+pub async fn in_passes<S, F, Fut>(ctx: &Context, first: S, mut pass: F) -> Result<Action, Error>
+where
+    F: FnMut(S, Option<Permit>) -> Fut,
+    Fut: std::future::Future<Output = Result<Pass<S>, Error>>,
+{
+    let (mut state, mut slot) = (first, None);
+    for _ in 0..MAX_PASSES {
+        match pass(state, slot.take()).await? {
+            Pass::Done(action) => return Ok(action),
+            Pass::NeedSlot { ask, next } => {
+                state = next;
+                match ctx.slots.acquire(ask).await {
+                    Some(p) => slot = Some(p),
+                    // Stopping: nothing asked, nothing written.
+                    None => return Ok(Action::requeue(Duration::from_secs(1))),
+                }
+            }
+        }
+    }
+    Ok(Action::requeue(Duration::from_secs(1)))
+}
+
+/// The slot in hand, when it is the one asked for; else the ask.
+pub fn slot_for(ask: Ask, slot: Option<Permit>) -> Result<Permit, Ask> {
+    match slot {
+        Some(p) if p.fits(&ask) => Ok(p),
+        _ => Err(ask),
+    }
+}
+
+/// Mint with the slot in hand (see [`in_passes`]), then write; a write that
+/// lost a race is tried once more with the same credential against a fresh
+/// read.
+pub async fn attempt(ctx: &Context, req: &Request<'_>, target: &Target<'_>, slot: Permit) -> Result<Outcome, Error> {
     let (ns, name) = req.who.key();
-    let ask = Ask { work: req.work, key: Key { namespace: ns.to_string(), origin: source::origin(req.source) }, source: source_kind(req.source) };
-    let slot = {
-        let _turn = crate::context::waiting_turn();
-        ctx.slots.acquire(ask).await
-    };
-    let Some(slot) = slot else { return Ok(Outcome::Deferred) };
-    // The wait may have been long: the attempt starts now.
     let now = (ctx.now)();
     ctx.attempts.started(ns, name, now);
     let minted = async {

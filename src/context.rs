@@ -4,7 +4,7 @@
 //! a deadline and a panic backstop per reconcile, progress for `/healthz`).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -147,8 +147,8 @@ pub struct Context {
     /// The fair queue every attempt waits in for a slot.
     pub slots: Arc<crate::slots::Slots>,
     /// Reconciles reading the API server before they decide, at once: the
-    /// controllers run every reconcile that is due (they wait in `slots`,
-    /// not in the controller's queue), so a relist of thousands of
+    /// controllers run every reconcile that is due (attempts wait in
+    /// `slots`, not in the controller's queue), so a relist of thousands of
     /// credentials must not read them all at the same moment.
     pub(crate) reads: Arc<Semaphore>,
     /// When each credential last asked its source, whatever came of it.
@@ -186,10 +186,8 @@ impl Context {
 }
 
 impl Context {
-    /// A turn to read the API server before deciding (see `reads`); the
-    /// reconcile's deadline stands still while it waits.
+    /// A turn to read the API server before deciding (see `reads`).
     pub(crate) async fn reading(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        let _turn = waiting_turn();
         self.reads.clone().acquire_owned().await.ok()
     }
 }
@@ -253,97 +251,20 @@ pub enum Guarded<T> {
 
 /// Run one reconcile's work under its deadline and the panic backstop, in
 /// a span with a trace id, counted for `/healthz` and the duration metric.
-/// The deadline stands still while the work waits its turn (see
-/// [`waiting_turn`]): it bounds work, not a queue. The work comes boxed: a
-/// reconcile waiting for a slot then holds a pointer, not a copy of every
-/// state its work could be in.
+/// The work comes boxed, so a reconcile holds a pointer to it, not a copy
+/// of every state it could be in.
 pub async fn guard<T>(ctx: &Context, namespace: &str, name: &str, deadline: Duration, work: std::pin::Pin<Box<impl std::future::Future<Output = T>>>) -> Guarded<T> {
     let _in_flight = ctx.progress.begin();
     let started = Instant::now();
     let span = reconcile_span(namespace, name);
-    let clock = Arc::new(Deadline::new(deadline));
-    let work = DEADLINE.scope(clock.clone(), work);
-    let raced = async {
-        tokio::select! {
-            r = work => Some(r),
-            () = clock.passed() => None,
-        }
-    };
-    let out = match contain_panic(tracing::Instrument::instrument(raced, span)).await {
-        Ok(Some(r)) => Guarded::Done(r),
-        Ok(None) => Guarded::Deadline(deadline),
+    let timed = tracing::Instrument::instrument(tokio::time::timeout(deadline, work), span);
+    let out = match contain_panic(timed).await {
+        Ok(Ok(r)) => Guarded::Done(r),
+        Ok(Err(_)) => Guarded::Deadline(deadline),
         Err(panic) => Guarded::Panicked(panic),
     };
     ctx.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
     out
-}
-
-tokio::task_local! {
-    static DEADLINE: Arc<Deadline>;
-}
-
-/// A reconcile's deadline, which stands still while the reconcile waits.
-struct Deadline {
-    /// (when it passes, while not stopped; since when it is stopped)
-    at: Mutex<(tokio::time::Instant, Option<tokio::time::Instant>)>,
-    resumed: tokio::sync::Notify,
-}
-
-impl Deadline {
-    fn new(budget: Duration) -> Self {
-        Self { at: Mutex::new((tokio::time::Instant::now() + budget, None)), resumed: tokio::sync::Notify::new() }
-    }
-
-    fn get(&self) -> (tokio::time::Instant, Option<tokio::time::Instant>) {
-        *self.at.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Resolves when the deadline has passed (never while it stands still).
-    async fn passed(&self) {
-        loop {
-            let resumed = self.resumed.notified();
-            tokio::pin!(resumed);
-            resumed.as_mut().enable();
-            match self.get() {
-                (_, Some(_)) => resumed.await,
-                (at, None) if tokio::time::Instant::now() >= at => return,
-                (at, None) => {
-                    tokio::select! {
-                        () = tokio::time::sleep_until(at) => {}
-                        () = resumed => {}
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// While this lives, the current reconcile's deadline stands still.
-pub struct WaitingTurn(Option<Arc<Deadline>>);
-
-/// Stop the current reconcile's deadline while it waits its turn (for a
-/// slot, for a read): until the returned value is dropped. Outside a
-/// guarded reconcile, nothing.
-pub fn waiting_turn() -> WaitingTurn {
-    let d = DEADLINE.try_with(|d| d.clone()).ok();
-    if let Some(d) = &d {
-        let mut at = d.at.lock().unwrap_or_else(|p| p.into_inner());
-        at.1 = at.1.or(Some(tokio::time::Instant::now()));
-    }
-    WaitingTurn(d)
-}
-
-impl Drop for WaitingTurn {
-    fn drop(&mut self) {
-        let Some(d) = &self.0 else { return };
-        {
-            let mut at = d.at.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(since) = at.1.take() {
-                at.0 += tokio::time::Instant::now().saturating_duration_since(since);
-            }
-        }
-        d.resumed.notify_waiters();
-    }
 }
 
 /// A span per reconcile with the credential and a trace id, so one rotation
@@ -402,40 +323,5 @@ mod tests {
         assert!(p.stalled_at(Instant::now() + Duration::from_secs(120)));
         drop(g);
         assert!(!p.stalled_at(Instant::now() + Duration::from_secs(120)));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_deadline_stands_still_while_waiting_its_turn() {
-        let budget = Duration::from_secs(10);
-        let clock = Arc::new(Deadline::new(budget));
-        let started = tokio::time::Instant::now();
-        let work = DEADLINE.scope(clock.clone(), async {
-            tokio::time::sleep(Duration::from_secs(6)).await;
-            {
-                let _turn = waiting_turn();
-                // An hour in a queue is not work.
-                tokio::time::sleep(Duration::from_secs(3600)).await;
-            }
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            "done"
-        });
-        let out = tokio::select! { r = work => Some(r), () = clock.passed() => None };
-        assert_eq!(out, Some("done"));
-        assert_eq!(tokio::time::Instant::now() - started, Duration::from_secs(3609));
-        // Past the budget in work alone: the deadline fires, on time.
-        let clock = Arc::new(Deadline::new(budget));
-        let started = tokio::time::Instant::now();
-        let work = DEADLINE.scope(clock.clone(), async {
-            {
-                let _turn = waiting_turn();
-                tokio::time::sleep(Duration::from_secs(100)).await;
-            }
-            tokio::time::sleep(Duration::from_secs(3600)).await;
-        });
-        let out = tokio::select! { () = work => Some(()), () = clock.passed() => None };
-        assert_eq!(out, None);
-        assert_eq!(tokio::time::Instant::now() - started, Duration::from_secs(110));
-        // Outside a guarded reconcile: nothing to stop.
-        drop(waiting_turn());
     }
 }

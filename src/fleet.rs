@@ -27,7 +27,8 @@ use kube::{Client, Resource, ResourceExt};
 use tracing::{debug, error, info, warn};
 
 use crate::api::{self, ClusterRegistryCredential, ClusterRegistryCredentialStatus, NamespaceFailure, RegistryCredentialStatus, ServiceAccountSelection};
-use crate::attempt::{self, Minter, Outcome, Request, Seen, Target};
+use crate::attempt::{self, Minter, Outcome, Pass, Request, Seen, Target};
+use crate::slots::Permit;
 use crate::context::{bounded, guard, kube_err, publish_to, Context, Error, Guarded};
 use crate::finalizer::{has_finalizer, set_finalizer};
 use crate::index::ReferenceIndex;
@@ -133,19 +134,25 @@ fn subject(ccr: &ClusterRegistryCredential) -> Subject {
 }
 
 pub async fn reconcile(ccr: Arc<ClusterRegistryCredential>, ctx: Arc<FleetContext>) -> Result<Action, Error> {
+    // In passes, as the namespaced kind: the slot is waited for between them.
+    attempt::in_passes(&ctx.base, (), |(), slot| Box::pin(pass(ccr.clone(), ctx.clone(), slot))).await
+}
+
+/// One pass under its deadline and the panic backstop.
+async fn pass(ccr: Arc<ClusterRegistryCredential>, ctx: Arc<FleetContext>, slot: Option<Permit>) -> Result<Pass<()>, Error> {
     let name = ccr.name_any();
     // Writing hundreds of namespaces takes longer than one namespace's work.
     let deadline = ctx.base.settings.reconcile_timeout() + Duration::from_secs(120);
-    match guard(&ctx.base, "", &name, deadline, Box::pin(reconcile_inner(&ccr, &ctx))).await {
+    match guard(&ctx.base, "", &name, deadline, Box::pin(reconcile_inner(&ccr, &ctx, slot))).await {
         Guarded::Done(r) => r,
         // A deadline is a failure like any other: recorded, backed off.
         Guarded::Deadline(d) => {
             let message = format!("the reconcile did not finish within {}s; retrying with backoff", d.as_secs());
-            bounded(Box::pin(stopped(&ctx, &name, reason::MINT_FAILED, message))).await
+            bounded(Box::pin(stopped(&ctx, &name, reason::MINT_FAILED, message))).await.map(Pass::Done)
         }
         Guarded::Panicked(panic) => {
             error!(name = %name, panic = %panic, "a fleet reconcile panicked; retrying later");
-            Ok(Action::requeue(FAILED_RETRY))
+            Ok(Pass::Done(Action::requeue(FAILED_RETRY)))
         }
     }
 }
@@ -179,22 +186,22 @@ async fn write_status(api: &Api<ClusterRegistryCredential>, ccr: &ClusterRegistr
     Ok(())
 }
 
-async fn reconcile_inner(cached: &ClusterRegistryCredential, ctx: &FleetContext) -> Result<Action, Error> {
+async fn reconcile_inner(cached: &ClusterRegistryCredential, ctx: &FleetContext, slot: Option<Permit>) -> Result<Pass<()>, Error> {
     // Deciding from half-filled caches would delete Secrets as "no longer targeted".
     for ready in [ctx.namespaces.wait_until_ready().await, ctx.owned.wait_until_ready().await, ctx.accounts.wait_until_ready().await] {
         if ready.is_err() {
-            return Ok(Action::requeue(Duration::from_secs(5)));
+            return Ok(Pass::Done(Action::requeue(Duration::from_secs(5))));
         }
     }
     let api: Api<ClusterRegistryCredential> = Api::all(ctx.base.client.clone());
     let reading = ctx.base.reading().await;
     let Some(ccr) = api.get_opt(&cached.name_any()).await.map_err(kube_err("reading the ClusterRegistryCredential"))? else {
-        return Ok(Action::await_change());
+        return Ok(Pass::Done(Action::await_change()));
     };
     drop(reading);
     if ccr.metadata.deletion_timestamp.is_some() {
         finalize(ctx, &api, &ccr).await?;
-        return Ok(Action::await_change());
+        return Ok(Pass::Done(Action::await_change()));
     }
     if !has_finalizer(&ccr) {
         set_finalizer(&api, &ccr, true).await.map_err(kube_err("adding the finalizer"))?;
@@ -202,9 +209,11 @@ async fn reconcile_inner(cached: &ClusterRegistryCredential, ctx: &FleetContext)
     let s = subject(&ccr);
     ctx.base.metrics.seen(&s.labels);
     let now = (ctx.base.now)();
-    let Some(step) = credential(ctx, &ccr, &s, now).await? else {
+    let step = match Box::pin(credential(ctx, &ccr, &s, now, slot)).await? {
+        Decided::Step(step) => step,
         // The home Secret changed under the write: look again.
-        return Ok(Action::requeue(Duration::from_secs(1)));
+        Decided::Contended => return Ok(Pass::Done(Action::requeue(Duration::from_secs(1)))),
+        Decided::NeedSlot(ask) => return Ok(Pass::NeedSlot { ask, next: () }),
     };
     // The fan-out reads and writes as much as a relist does: one turn of the gate.
     let _writing = ctx.base.reading().await;
@@ -224,7 +233,7 @@ async fn reconcile_inner(cached: &ClusterRegistryCredential, ctx: &FleetContext)
     if st.failed_namespaces > 0 {
         after = after.min(FAILED_RETRY);
     }
-    Ok(Action::requeue(after))
+    Ok(Pass::Done(Action::requeue(after)))
 }
 
 /// Deletion: garbage collection takes the Secrets; the ServiceAccount
@@ -263,9 +272,17 @@ struct Step {
     home: Option<Secret>,
 }
 
+/// What the credential's part of a pass came to.
+enum Decided {
+    Step(Step),
+    /// The home Secret changed under the write.
+    Contended,
+    /// A mint is due: a slot first (see `attempt::in_passes`).
+    NeedSlot(crate::slots::Ask),
+}
+
 /// Decide from the home Secret, and when due, the shared attempt on it.
-/// `None`: the home Secret changed under the write.
-async fn credential(ctx: &FleetContext, ccr: &ClusterRegistryCredential, s: &Subject, now: DateTime<Utc>) -> Result<Option<Step>, Error> {
+async fn credential(ctx: &FleetContext, ccr: &ClusterRegistryCredential, s: &Subject, now: DateTime<Utc>, slot: Option<Permit>) -> Result<Decided, Error> {
     let base = &*ctx.base;
     let (name, uid) = (ccr.name_any(), ccr.metadata.uid.clone().unwrap_or_default());
     let homes: Api<Secret> = Api::namespaced(base.client.clone(), &ctx.home_namespace);
@@ -282,7 +299,7 @@ async fn credential(ctx: &FleetContext, ccr: &ClusterRegistryCredential, s: &Sub
     drop(reading);
     let last_attempt = base.attempts.last("", &name);
     let seen = Seen { secret: state.clone(), desired_inputs: inputs.clone(), prev: &prev, renew_requested: renew_request.is_some(), last_attempt, seed: s.seed };
-    let step = |status, next, home| Ok(Some(Step { status, next, home }));
+    let step = |status, next, home| Ok(Decided::Step(Step { status, next, home }));
     let why = match schedule::decide(now, &attempt::observed(seen, base.settings.min_mint_interval)) {
         Decision::Blocked => {
             let home_subject = Subject { secret_name: home_secret.clone(), ..subject(ccr) };
@@ -294,6 +311,11 @@ async fn credential(ctx: &FleetContext, ccr: &ClusterRegistryCredential, s: &Sub
         }
         Decision::Mint(why) => why,
     };
+    let work = crate::slots::Work::of(why, prev.last_rotation_time.is_some());
+    let slot = match attempt::slot_for(attempt::ask("", &ccr.spec.source, work), slot) {
+        Ok(slot) => slot,
+        Err(ask) => return Ok(Decided::NeedSlot(ask)),
+    };
     info!(name = %name, reason = ?why, "minting for the fleet");
     // A renew request is served by this attempt, whatever its outcome.
     if renew_request.is_some() {
@@ -303,9 +325,8 @@ async fn credential(ctx: &FleetContext, ccr: &ClusterRegistryCredential, s: &Sub
     let render = |m: &crate::source::Minted, r: schedule::Renewal| secret::desired_at(&place, m, &inputs, r.at);
     let target = Target { secrets: &homes, name: &home_secret, existing: home.as_ref().map(|h| h.metadata.clone()), ours: &ours, render: &render };
     let who = Minter { refs_namespace: &refs_ns, name: &name, cluster_scoped: true, seed: s.seed, secrets_dir: None };
-    let work = crate::slots::Work::of(why, prev.last_rotation_time.is_some());
-    let req = Request { who, source: &ccr.spec.source, renewal: &ccr.spec.renewal, work };
-    match attempt::attempt(base, &req, &target).await? {
+    let req = Request { who, source: &ccr.spec.source, renewal: &ccr.spec.renewal };
+    match attempt::attempt(base, &req, &target, slot).await? {
         Outcome::Rotated { minted, renewal, written, at: now } => {
             let previous = home.as_ref().filter(|h| ours(h)).and_then(secret::password_of);
             revoke::after_rotation(base, &ccr.spec.source, &refs_ns, s.about.clone(), (String::new(), name.clone()), previous, &minted);
@@ -316,7 +337,7 @@ async fn credential(ctx: &FleetContext, ccr: &ClusterRegistryCredential, s: &Sub
             let (st, retry_at) = report::failed(base, s, &prev, &inputs, f, now).await;
             step(st, retry_at, home)
         }
-        Outcome::Contended | Outcome::Deferred => Ok(None),
+        Outcome::Contended => Ok(Decided::Contended),
     }
 }
 

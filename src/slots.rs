@@ -400,6 +400,13 @@ pub struct Permit {
     source: &'static str,
 }
 
+impl Permit {
+    /// Whether this slot counts where `ask` would (same namespace and origin).
+    pub fn fits(&self, ask: &Ask) -> bool {
+        self.key == ask.key
+    }
+}
+
 impl Drop for Permit {
     fn drop(&mut self) {
         let mut st = self.slots.lock();
