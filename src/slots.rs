@@ -322,7 +322,7 @@ impl Slots {
             self.waiting(g.source).dec();
             self.in_flight(g.source).inc();
             st.granted += 1;
-            // The queue's own record of its order (see tests/it/slots.rs).
+            // The queue's own record of its order (see tests/it/alone/slots.rs).
             debug!(target: "regcred::slots", seq = g.seq, order = st.granted, work = %g.work.label(), namespace = %g.key.namespace,
                 origin = %g.key.origin.as_deref().unwrap_or("-"), "slot granted");
             let delivered = st.wake.remove(&g.seq).is_some_and(|tx| tx.send(()).is_ok());

@@ -12,9 +12,10 @@
 #    and mount namespaces of the run's own, offline, with only the loopback
 #    and a few test addresses on it. Unit tests, and integration tests against
 #    a real kube-apiserver, etcd and kube-controller-manager, real peers and a
-#    real kubelet on the loopback. Without a filter, then the killed-run check
-#    (tests/seal/killed-run.sh): a node and a Pod, the run SIGKILLed, the
-#    sweep, nothing left.
+#    real kubelet on the loopback. Without a filter, then the tests in
+#    tests/it/alone one at a time (a burst of thousands of credentials would
+#    disturb the others), and the killed-run check (tests/seal/killed-run.sh):
+#    a node and a Pod, the run SIGKILLed, the sweep, nothing left.
 #
 # Needs root. USE_EXISTING_CLUSTER=true (with KUBECONFIG) runs the tests
 # unsealed against that cluster instead, and skips what needs the node or
@@ -40,5 +41,9 @@ fi
 # Sealed from here on.
 if [ "${1:-}" = --killed-run ]; then exec tests/seal/killed-run.sh; fi
 # Integration tests mostly wait on servers: run more of them than there are cores.
-cargo test --locked -- --test-threads "$threads" "$@"
-if [ $# -eq 0 ]; then tests/seal/killed-run.sh; fi
+if [ $# -gt 0 ]; then exec cargo test --locked -- --test-threads "$threads" "$@"; fi
+cargo test --locked -- --test-threads "$threads" --skip alone::
+# Then the tests that load the whole machine or time the operator's work
+# (tests/it/alone), one at a time, and the killed-run check.
+cargo test --locked --test it -- --test-threads 1 alone::
+tests/seal/killed-run.sh

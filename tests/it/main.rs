@@ -2,6 +2,7 @@
 //! kube-controller-manager (see tests/controlplane), each test in its own
 //! namespace. One binary, so one control plane serves the whole run.
 
+mod alone;
 mod api;
 mod attempt;
 mod day2;
@@ -16,6 +17,5 @@ mod rotation;
 mod sealed;
 mod soak;
 mod ship;
-mod slots;
 mod support;
 mod tls;
