@@ -47,6 +47,31 @@ class Conn:
         return status, (json.loads(data) if data else None)
 
 
+def parallel(items, fn, connect, threads):
+    """fn(conn, item) for every item, on `threads` threads with a connection
+    each (from `connect()`); exits with the first errors after the run."""
+    import sys
+    items, lock, errors = list(items), threading.Lock(), []
+
+    def work():
+        c = connect()
+        while True:
+            with lock:
+                if not items:
+                    return
+                it = items.pop()
+            try:
+                fn(c, it)
+            except Exception as e:  # reported after the run
+                errors.append(repr(e))
+
+    ts = [threading.Thread(target=work) for _ in range(threads)]
+    [t.start() for t in ts]
+    [t.join() for t in ts]
+    if errors:
+        sys.exit(f"creates failed: {errors[:3]}")
+
+
 def own_snapshot():
     with own_lock:
         return dict(own)

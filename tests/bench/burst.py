@@ -29,7 +29,7 @@ import urllib.parse
 from datetime import datetime, timezone
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from apiclient import Conn as _Conn, rss_kib as rss  # noqa: E402
+from apiclient import Conn as _Conn, parallel as _parallel, rss_kib as rss  # noqa: E402
 
 SERVER, PKI, OUT, N, HOSTILE = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
 CONTROLLERS = [a.split("=", 1) for a in sys.argv[6:]]
@@ -47,26 +47,8 @@ def free_port():
         return s.getsockname()[1]
 
 
-def parallel(items, fn, threads=32):
-    items, lock, errors = list(items), threading.Lock(), []
-
-    def work():
-        c = Conn()
-        while True:
-            with lock:
-                if not items:
-                    return
-                it = items.pop()
-            try:
-                fn(c, it)
-            except Exception as e:
-                errors.append(repr(e))
-
-    ts = [threading.Thread(target=work) for _ in range(threads)]
-    [t.start() for t in ts]
-    [t.join() for t in ts]
-    if errors:
-        sys.exit(f"creates failed: {errors[:3]}")
+def parallel(items, fn):
+    _parallel(items, fn, Conn, 32)
 
 
 def parse_time(s):

@@ -26,7 +26,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from apiclient import Conn as _Conn, cpu_seconds, own_snapshot, rss_kib as rss  # noqa: E402
+from apiclient import Conn as _Conn, cpu_seconds, own_snapshot, parallel as _parallel, rss_kib as rss  # noqa: E402
 
 SERVER, PKI, OUT, N, NAMESPACES = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 CONTROLLERS = [a.split("=", 1) for a in sys.argv[6:]]
@@ -38,25 +38,7 @@ def Conn():
 
 
 def parallel(items, fn):
-    items, lock, errors = list(items), threading.Lock(), []
-
-    def work():
-        c = Conn()
-        while True:
-            with lock:
-                if not items:
-                    return
-                it = items.pop()
-            try:
-                fn(c, it)
-            except Exception as e:  # reported after the run
-                errors.append(repr(e))
-
-    ts = [threading.Thread(target=work) for _ in range(THREADS)]
-    [t.start() for t in ts]
-    [t.join() for t in ts]
-    if errors:
-        sys.exit(f"creates failed: {errors[:3]}")
+    _parallel(items, fn, Conn, THREADS)
 
 
 def request_counts(c):
