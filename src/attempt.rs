@@ -1,8 +1,10 @@
 //! One attempt, the same for both kinds: what the decision looks at
-//! (inputs fingerprint, the Secret's state, the last attempt), then mint
-//! under one deadline → check → verify → write. Reporting the outcome (status, Events, metrics)
-//! is [`crate::report`]'s; what a kind targets and how it fans out is its
-//! own reconcile's.
+//! (inputs fingerprint, the Secret's state, the last attempt), a slot in
+//! the fair queue ([`crate::slots`], waited for between two passes of the
+//! reconcile: [`in_passes`]), then mint under one deadline → check → verify
+//! → write. Reporting the outcome (status, Events, metrics) is
+//! [`crate::report`]'s; what a kind targets and how it fans out is its own
+//! reconcile's.
 //!
 //! Every attempt counts against the least interval between mints from the
 //! moment it asks the source ([`crate::memo::Attempts`]), so a write that
