@@ -323,7 +323,7 @@ pub enum Pass<S> {
 const MAX_PASSES: usize = 3;
 
 /// Run a reconcile in passes, the same for both kinds. A pass decides; when
-/// a mint is due and it holds no slot for it, it ends asking for one. The
+/// a mint is due and no slot is free for it, it ends asking for one. The
 /// slot is waited for here, between passes: outside the pass's deadline,
 /// holding nothing but the ask (thousands may wait during a burst). The
 /// next pass decides again with the slot in hand, from what is true after
@@ -350,11 +350,16 @@ where
     Ok(Action::requeue(Duration::from_secs(1)))
 }
 
-/// The slot in hand, when it is the one asked for; else the ask.
-pub fn slot_for(ask: Ask, slot: Option<Permit>) -> Result<Permit, Ask> {
+/// The slot in hand when it is the one asked for, else a free one taken
+/// at once; else the ask (the pass ends and [`in_passes`] waits for it).
+pub fn slot_for(ctx: &Context, ask: Ask, slot: Option<Permit>) -> Result<Permit, Ask> {
     match slot {
         Some(p) if p.fits(&ask) => Ok(p),
-        _ => Err(ask),
+        other => {
+            // One that does not fit is freed first: it may be what is full.
+            drop(other);
+            ctx.slots.try_acquire(ask)
+        }
     }
 }
 

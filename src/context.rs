@@ -1,7 +1,8 @@
 //! What every reconcile shares: the operator's settings, the API client and
 //! Event recorder, metrics, the caches of our own writes, and what keeps one
-//! tenant from hurting the others (a share of the concurrency per namespace,
-//! a deadline and a panic backstop per reconcile, progress for `/healthz`).
+//! tenant from hurting the others (the fair slots every attempt waits for,
+//! a gate on reads, a deadline and a panic backstop per reconcile pass,
+//! progress for `/healthz`).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -26,7 +27,7 @@ pub struct Settings {
     pub namespace: Option<String>,
     /// Reconcile only credentials matching this label selector.
     pub selector: Option<String>,
-    /// Credentials reconciled at once.
+    /// Attempts (asking a source) at once, in all.
     pub concurrency: u16,
     /// Attempts of one namespace at once.
     pub namespace_concurrency: u16,

@@ -21,7 +21,6 @@ use tracing::{debug, error, info, warn};
 
 use crate::api::{self, RegistryCredential, RegistryCredentialStatus};
 use crate::attempt::{self, Minter, Outcome, Pass, Request, Seen, Target};
-use crate::slots::Permit;
 use crate::context::{bounded, guard, kube_err, Context, Error, Guarded};
 use crate::finalizer::{has_finalizer, set_finalizer};
 use crate::index::ReferenceIndex;
@@ -32,6 +31,7 @@ use crate::revoke;
 use crate::schedule::{self, Decision, SecretState};
 use crate::secret;
 use crate::serviceaccounts::{self, Want};
+use crate::slots::Permit;
 use crate::status::reason;
 
 pub async fn reconcile(cr: Arc<RegistryCredential>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -164,7 +164,7 @@ async fn reconcile_inner(cached: &RegistryCredential, ctx: &Context, slot: Optio
         }
         Decision::Mint(why) => {
             let work = crate::slots::Work::of(why, prev.last_rotation_time.is_some());
-            let slot = match attempt::slot_for(attempt::ask(&s.labels.namespace, &cr.spec.source, work), slot) {
+            let slot = match attempt::slot_for(ctx, attempt::ask(&s.labels.namespace, &cr.spec.source, work), slot) {
                 Ok(slot) => slot,
                 Err(ask) => return Ok(Pass::NeedSlot { ask, next: fresh.take() }),
             };

@@ -28,7 +28,6 @@ use tracing::{debug, error, info, warn};
 
 use crate::api::{self, ClusterRegistryCredential, ClusterRegistryCredentialStatus, NamespaceFailure, RegistryCredentialStatus, ServiceAccountSelection};
 use crate::attempt::{self, Minter, Outcome, Pass, Request, Seen, Target};
-use crate::slots::Permit;
 use crate::context::{bounded, guard, kube_err, publish_to, Context, Error, Guarded};
 use crate::finalizer::{has_finalizer, set_finalizer};
 use crate::index::ReferenceIndex;
@@ -38,6 +37,7 @@ use crate::revoke;
 use crate::schedule::{self, Decision};
 use crate::secret::{self, Placement, WriteError};
 use crate::serviceaccounts::{self, Want};
+use crate::slots::Permit;
 use crate::status::reason;
 
 const KIND: &str = "ClusterRegistryCredential";
@@ -312,7 +312,7 @@ async fn credential(ctx: &FleetContext, ccr: &ClusterRegistryCredential, s: &Sub
         Decision::Mint(why) => why,
     };
     let work = crate::slots::Work::of(why, prev.last_rotation_time.is_some());
-    let slot = match attempt::slot_for(attempt::ask("", &ccr.spec.source, work), slot) {
+    let slot = match attempt::slot_for(base, attempt::ask("", &ccr.spec.source, work), slot) {
         Ok(slot) => slot,
         Err(ask) => return Ok(Decided::NeedSlot(ask)),
     };

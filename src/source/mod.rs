@@ -180,11 +180,12 @@ pub async fn verify_at_registries(minted: &Minted, allow_http: bool, net: &NetPo
 /// The endpoint origin a source dials (scheme, host and port), which its
 /// attempts' slots count against: the token URL, or ECR's endpoint (the
 /// override, else the region's). `None` for `basic` (it reads a Secret).
-/// A URL that does not parse is its own origin (the mint then fails).
+/// URLs that do not parse share one origin (their mints fail at once);
+/// the text is never used, since the queue's record logs origins.
 pub fn origin(spec: &CredentialSource) -> Option<String> {
     let of = |u: &str| match url::Url::parse(u) {
         Ok(url) => url.origin().ascii_serialization(),
-        Err(_) => u.chars().take(256).collect(),
+        Err(_) => "invalid-url".into(),
     };
     if let Some(e) = &spec.ecr {
         return Some(match &e.endpoint {
