@@ -37,6 +37,8 @@ pub fn source_kind(s: &CredentialSource) -> &'static str {
         "oauth2"
     } else if s.http.is_some() {
         "http"
+    } else if s.rotate.is_some() {
+        "rotate"
     } else {
         "basic"
     }
@@ -156,6 +158,9 @@ pub struct Minter<'a> {
     pub seed: u64,
     /// Read referenced Secrets from this directory instead of the cluster.
     pub secrets_dir: Option<&'a std::path::Path>,
+    /// For `rotate` sources: the name of the key to create (recorded in
+    /// status before this attempt; see [`crate::keys`]).
+    pub key_name: Option<&'a str>,
 }
 
 impl Minter<'_> {
@@ -179,21 +184,18 @@ pub async fn within<T>(
         .map_err(|_| SourceError::Deadline(format!("{what} did not answer within the attempt's {}s", budget.as_secs())))?
 }
 
-/// One mint under one deadline (the source, then verification at the
-/// registries, share `mint_timeout`): the checked credential and its
-/// renewal instant, or why not. Leaves nothing written.
-pub async fn mint(
-    ctx: &Context,
-    who: &Minter<'_>,
-    source_spec: &CredentialSource,
-    renewal: &Renewal,
-    now: DateTime<Utc>,
-) -> Result<(Minted, schedule::Renewal), SourceError> {
-    let budget = ctx.settings.mint_timeout;
-    let deadline = Instant::now() + budget;
-    let policy = policy(renewal, source_spec, ctx.settings.min_mint_interval)?;
+/// What a source may need beyond its spec, for this minter, outside an
+/// attempt (tending keys, see [`crate::keys`]).
+pub fn source_context_for(ctx: &Context, who: &Minter<'_>, source_spec: &CredentialSource) -> Result<SourceContext, SourceError> {
+    // Any renewal policy will do: only `ecr` reads it, to share tokens.
+    let policy = policy(&Renewal::default(), source_spec, ctx.settings.min_mint_interval)?;
+    Ok(source_context(ctx, who, policy))
+}
+
+/// What a source may need beyond its spec, for this minter.
+fn source_context(ctx: &Context, who: &Minter<'_>, policy: Policy) -> SourceContext {
     let reader = SecretReader::new(ctx.client.clone(), who.refs_namespace);
-    let cx = SourceContext {
+    SourceContext {
         secrets: match who.secrets_dir {
             Some(d) => reader.from_dir(d.to_path_buf()),
             None => reader,
@@ -206,20 +208,67 @@ pub async fn mint(
         net: ctx.settings.net.clone(),
         policy,
         seed: who.seed,
-    };
+        key_name: who.key_name.map(str::to_string),
+    }
+}
+
+/// One mint under one deadline (the source, then verification at the
+/// registries, share `mint_timeout`): the checked credential and its
+/// renewal instant, or why not. Leaves nothing written, and no key at a
+/// registry that nothing will use.
+pub async fn mint(
+    ctx: &Context,
+    who: &Minter<'_>,
+    source_spec: &CredentialSource,
+    renewal: &Renewal,
+    now: DateTime<Utc>,
+) -> Result<(Minted, schedule::Renewal), SourceError> {
+    let budget = ctx.settings.mint_timeout;
+    let deadline = Instant::now() + budget;
+    let policy = policy(renewal, source_spec, ctx.settings.min_mint_interval)?;
+    let cx = source_context(ctx, who, policy);
     let minted = within(deadline, budget, "the source", async { source::from_spec(source_spec, cx)?.mint().await }).await?;
     ctx.metrics.mints.get_or_create(&SourceLabels { source: source_kind(source_spec).into() }).inc();
-    let minted = minted.checked()?;
-    if minted.expires_at.is_some_and(|t| t <= now) {
-        let problem = "the credential had already expired when it arrived".into();
-        return Err(SourceError::InvalidResponse { endpoint: "source".into(), problem });
+    let key = minted.key.clone();
+    let checked = async {
+        let minted = minted.checked()?;
+        if minted.expires_at.is_some_and(|t| t <= now) {
+            let problem = "the credential had already expired when it arrived".into();
+            return Err(SourceError::InvalidResponse { endpoint: "source".into(), problem });
+        }
+        if let Some(allow_http) = source::verify_settings(source_spec) {
+            // Verify before swap, under what is left of the same deadline.
+            within(deadline, budget, "the registries", source::verify_at_registries(&minted, allow_http, &ctx.settings.net)).await?;
+        }
+        Ok(minted)
     }
-    if let Some(allow_http) = source::verify_settings(source_spec) {
-        // Verify before swap, under what is left of the same deadline.
-        within(deadline, budget, "the registries", source::verify_at_registries(&minted, allow_http, &ctx.settings.net)).await?;
+    .await;
+    match checked {
+        Ok(minted) => {
+            let renewal = schedule::renewal(minted.issued_at, minted.expires_at, &policy, who.seed);
+            Ok((minted, renewal))
+        }
+        Err(e) => {
+            if let Some(key) = &key {
+                discard(ctx, who, source_spec, policy, key).await;
+            }
+            Err(e)
+        }
     }
-    let renewal = schedule::renewal(minted.issued_at, minted.expires_at, &policy, who.seed);
-    Ok((minted, renewal))
+}
+
+/// Revoke a key a `rotate` source created for an attempt that will not
+/// write it, at once (bounded). When that fails, the key still carries
+/// the credential's name prefix and the pending mark in status: the next
+/// pass's sweep ([`crate::keys`]) revokes it.
+async fn discard(ctx: &Context, who: &Minter<'_>, source_spec: &CredentialSource, policy: Policy, key: &source::KeyRef) {
+    let cx = source_context(ctx, who, policy);
+    let (ns, name) = who.key();
+    match tokio::time::timeout(Duration::from_secs(15), source::discard(source_spec, &cx, key)).await {
+        Ok(Ok(())) => tracing::info!(namespace = %ns, name = %name, key = %key.name, "revoked a new key the attempt could not use"),
+        Ok(Err(e)) => tracing::warn!(namespace = %ns, name = %name, key = %key.name, error = %e, "revoking an unused key failed; the next sweep revokes it"),
+        Err(_) => tracing::warn!(namespace = %ns, name = %name, key = %key.name, "revoking an unused key timed out; the next sweep revokes it"),
+    }
 }
 
 /// Remove every password of `minted` (as it is and as the `auth` field
@@ -373,17 +422,25 @@ pub async fn attempt(ctx: &Context, req: &Request<'_>, target: &Target<'_>, slot
     let minted = async {
         // Boxed: a reconcile waiting for its slot holds only a pointer to
         // the mint's state, not the state itself.
-        let (minted, renewal) = Box::pin(mint(ctx, &req.who, req.source, req.renewal, now)).await?;
+        let (minted, renewal) = Box::pin(mint(ctx, &req.who, req.source, req.renewal, now)).await.map_err(|e| (e, None))?;
         // Empty or oversized: the source's answer is unusable.
-        let desired = (target.render)(&minted, renewal).map_err(|e| SourceError::InvalidResponse { endpoint: "source".into(), problem: e.to_string() })?;
-        Ok::<_, SourceError>((minted, renewal, desired))
+        match (target.render)(&minted, renewal) {
+            Ok(desired) => Ok((minted, renewal, desired)),
+            Err(e) => Err((SourceError::InvalidResponse { endpoint: "source".into(), problem: e.to_string() }, Some(minted))),
+        }
+        .map_err(|e: (SourceError, Option<Minted>)| e)
     }
     .await;
     // The slot bounds what is asked of sources; the write is the API server's.
     drop(slot);
     let (minted, renewal, desired) = match minted {
         Ok(v) => v,
-        Err(e) => return Ok(Outcome::Failed { reason: e.category(), message: redact(&e.to_string(), None) }),
+        Err((e, unused)) => {
+            if let Some(m) = unused {
+                unwritten(ctx, req, &m).await;
+            }
+            return Ok(Outcome::Failed { reason: e.category(), message: redact(&e.to_string(), None) });
+        }
     };
     let written = Box::pin(async {
         match secret::write_over(target.secrets, target.existing.as_ref(), desired.clone()).await {
@@ -394,11 +451,28 @@ pub async fn attempt(ctx: &Context, req: &Request<'_>, target: &Target<'_>, slot
     .await;
     match written {
         Ok(Some(written)) => Ok(Outcome::Rotated { minted, renewal, written, at: now }),
-        Ok(None) => Ok(Outcome::Contended),
+        Ok(None) => {
+            unwritten(ctx, req, &minted).await;
+            Ok(Outcome::Contended)
+        }
         // The API server refused what we wrote (an admission policy, a
         // quota, a forbidden namespace): a failure like a failed mint.
-        Err(e @ WriteError::Rejected { .. }) => Ok(Outcome::Failed { reason: reason::SECRET_REJECTED, message: redact(&e.to_string(), Some(&minted)) }),
+        Err(e @ WriteError::Rejected { .. }) => {
+            unwritten(ctx, req, &minted).await;
+            Ok(Outcome::Failed { reason: reason::SECRET_REJECTED, message: redact(&e.to_string(), Some(&minted)) })
+        }
+        // Perhaps written after all (the API server did not answer): the
+        // key stays; the next pass compares it with the Secret's.
         Err(e) => Err(e.into()),
+    }
+}
+
+/// A credential that was minted and not written: its key, if a `rotate`
+/// source created one, is revoked.
+async fn unwritten(ctx: &Context, req: &Request<'_>, minted: &Minted) {
+    let Some(key) = &minted.key else { return };
+    if let Ok(policy) = policy(req.renewal, req.source, ctx.settings.min_mint_interval) {
+        discard(ctx, &req.who, req.source, policy, key).await;
     }
 }
 
@@ -463,7 +537,7 @@ mod tests {
     #[test]
     fn redaction_covers_every_password_and_caps() {
         let entry = |r: &str, p: &str| source::RegistryAuth { registry: r.into(), username: "u".into(), password: p.to_string().into() };
-        let m = Minted { entries: vec![entry("r1", "hunter2-secret"), entry("r2", "other-pass")], issued_at: Utc::now(), expires_at: None };
+        let m = Minted { entries: vec![entry("r1", "hunter2-secret"), entry("r2", "other-pass")], issued_at: Utc::now(), expires_at: None, key: None };
         let msg = format!("refused hunter2-secret and other-pass {}", "x ".repeat(500));
         let out = redact(&msg, Some(&m));
         assert!(!out.contains("hunter2") && !out.contains("other-pass"), "{out}");
@@ -475,7 +549,7 @@ mod tests {
         use base64::Engine;
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
         let entry = source::RegistryAuth { registry: "r".into(), username: "robot".into(), password: "s3cret-token".to_string().into() };
-        let m = Minted { entries: vec![entry], issued_at: Utc::now(), expires_at: None };
+        let m = Minted { entries: vec![entry], issued_at: Utc::now(), expires_at: None, key: None };
         let config = format!(r#"{{"auths":{{"r":{{"username":"robot","password":"s3cret-token","auth":"{}"}}}}}}"#, b64("robot:s3cret-token"));
         let quoted = format!("denied: {config}");
         let out = redact(&quoted, Some(&m));

@@ -162,6 +162,8 @@ pub struct Context {
     pub source_versions: crate::memo::Versions,
     /// When each workload's stuck Pods were last restarted (the brake).
     pub restarts: crate::memo::Restarts,
+    /// Credentials whose keys at a registry were swept by this process.
+    pub swept: crate::memo::Swept,
 }
 
 impl Context {
@@ -182,6 +184,7 @@ impl Context {
             owned_versions: Default::default(),
             source_versions: Default::default(),
             restarts: Default::default(),
+            swept: Default::default(),
         }
     }
 }

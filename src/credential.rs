@@ -139,7 +139,8 @@ async fn reconcile_inner(cached: &RegistryCredential, ctx: &Context, slot: Optio
     let reading = ctx.reading().await;
     let g = Box::pin(gather(ctx, cr)).await?;
     drop(reading);
-    let prev = cr.status.clone().unwrap_or_default();
+    let mut prev = cr.status.clone().unwrap_or_default();
+    let revoke_next = Box::pin(tend_keys(ctx, cr, &s, &g, &mut prev)).await?;
     let seen = Seen {
         secret: g.state.clone(),
         desired_inputs: g.inputs.clone(),
@@ -155,6 +156,7 @@ async fn reconcile_inner(cached: &RegistryCredential, ctx: &Context, slot: Optio
             Ok(Pass::Done(Action::requeue(schedule::requeue_after(now, schedule::add(now, schedule::BLOCKED_RECHECK)))))
         }
         Decision::WaitUntil(at) | Decision::BackOffUntil(at) => {
+            let at = revoke_next.map_or(at, |r| r.min(at));
             debug!(namespace = %s.labels.namespace, name = %s.labels.name, until = %at, "nothing to do yet");
             report::waiting(ctx, &s, &prev, &g.state, at);
             if matches!(&g.state, SecretState::Ours(o) if o.intact) {
@@ -169,9 +171,38 @@ async fn reconcile_inner(cached: &RegistryCredential, ctx: &Context, slot: Optio
                 Err(ask) => return Ok(Pass::NeedSlot { ask, next: fresh.take() }),
             };
             info!(namespace = %s.labels.namespace, name = %s.labels.name, reason = ?why, "minting");
-            Box::pin(rotate(ctx, cr, &s, prev, g, slot)).await.map(Pass::Done)
+            let key_name = match &cr.spec.source.rotate {
+                // The new key's name goes into status before the vendor is asked.
+                Some(_) => {
+                    let (name, pending) = crate::keys::pending(prev.key.as_ref(), cr.metadata.uid.as_deref().unwrap_or_default(), now);
+                    prev.key = Some(pending);
+                    write_status(ctx, cr, &prev).await?;
+                    Some(name)
+                }
+                None => None,
+            };
+            Box::pin(rotate(ctx, cr, &s, prev, g, slot, key_name.as_deref())).await.map(Pass::Done)
         }
     }
+}
+
+/// For a `rotate` source: its keys tended before the decision (see
+/// [`crate::keys`]); status written when that changed it. Returns when the
+/// next replaced key is due for revocation.
+async fn tend_keys(ctx: &Context, cr: &RegistryCredential, s: &Subject, g: &Gathered, prev: &mut RegistryCredentialStatus) -> Result<Option<chrono::DateTime<Utc>>, Error> {
+    if cr.spec.source.rotate.is_none() {
+        return Ok(None);
+    }
+    let (ns, name) = (cr.namespace().unwrap_or_default(), cr.name_any());
+    let who = Minter { refs_namespace: &ns, name: &name, cluster_scoped: false, seed: s.seed, secrets_dir: None, key_name: None };
+    let secret_key = g.existing.as_ref().filter(|x| secret::is_ours(x, cr)).and_then(secret::key_of);
+    let uid = cr.metadata.uid.clone().unwrap_or_default();
+    let tended = crate::keys::tend(ctx, s, &who, &cr.spec.source, &uid, prev.key.as_ref(), secret_key.as_deref()).await;
+    if tended.status != prev.key {
+        prev.key = tended.status;
+        write_status(ctx, cr, prev).await?;
+    }
+    Ok(tended.next)
 }
 
 enum Fresh {
@@ -209,7 +240,8 @@ async fn finalize(ctx: &Context, cr: &RegistryCredential) -> Result<Option<Actio
     let ns = cr.namespace().unwrap_or_default();
     let crs: Api<RegistryCredential> = Api::namespaced(ctx.client.clone(), &ns);
     let revocation = revoke::settings(&cr.spec.source);
-    let needs = cr.spec.service_accounts.is_some() || revocation.on_delete == Some(true);
+    let keys = cr.spec.source.rotate.is_some();
+    let needs = cr.spec.service_accounts.is_some() || revocation.on_delete == Some(true) || keys;
     let deleting = cr.metadata.deletion_timestamp.is_some();
     if !deleting && !(has_finalizer(cr) && !needs) {
         if needs && !has_finalizer(cr) {
@@ -224,6 +256,12 @@ async fn finalize(ctx: &Context, cr: &RegistryCredential) -> Result<Option<Actio
         let current = secrets.get_opt(&cr.secret_name()).await.ok().flatten().filter(|s| secret::is_ours(s, cr));
         let token = current.as_ref().and_then(secret::password_of);
         revoke::on_delete(ctx, &cr.spec.source, &ns, cr.object_ref(&()), (ns.clone(), cr.name_any()), token).await;
+    }
+    if deleting && has_finalizer(cr) && keys {
+        let (s, name) = (subject(cr), cr.name_any());
+        let who = Minter { refs_namespace: &ns, name: &name, cluster_scoped: false, seed: s.seed, secrets_dir: None, key_name: None };
+        let uid = cr.metadata.uid.clone().unwrap_or_default();
+        crate::keys::on_delete(ctx, &s, &who, &cr.spec.source, &uid, cr.status.as_ref().and_then(|st| st.key.as_ref())).await;
     }
     if has_finalizer(cr) {
         let accounts = list_accounts(ctx, &ns).await?;
@@ -241,7 +279,8 @@ async fn finalize(ctx: &Context, cr: &RegistryCredential) -> Result<Option<Actio
 async fn gather(ctx: &Context, cr: &RegistryCredential) -> Result<Gathered, Error> {
     let (ns, name, secret_name) = (cr.namespace().unwrap_or_default(), cr.name_any(), cr.secret_name());
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let read_whole = revoke::settings(&cr.spec.source).on_rotation == Some(true);
+    // The replaced token (revocation) or key id (`rotate`) is read from the Secret.
+    let read_whole = revoke::settings(&cr.spec.source).on_rotation == Some(true) || cr.spec.source.rotate.is_some();
     let known = if read_whole { None } else { ctx.memo.secret(&ns, &name, &secret_name, ctx.owned_versions.get(&ns, &secret_name)) };
     let (state, existing, meta) = match known {
         Some((rv, state)) => (state, None, Some(ObjectMeta { resource_version: Some(rv), ..Default::default() })),
@@ -272,6 +311,7 @@ async fn rotate(
     mut prev: RegistryCredentialStatus,
     g: Gathered,
     slot: Permit,
+    key_name: Option<&str>,
 ) -> Result<Action, Error> {
     let (ns, name, secret_name) = (cr.namespace().unwrap_or_default(), cr.name_any(), cr.secret_name());
     // A renew request is served by this attempt, whatever its outcome.
@@ -282,7 +322,7 @@ async fn rotate(
     let ours = |x: &Secret| secret::is_ours(x, cr);
     let render = |m: &crate::source::Minted, r: schedule::Renewal| secret::desired(cr, m, &g.inputs, r.at);
     let target = Target { secrets: &secrets, name: &secret_name, existing: g.meta.clone(), ours: &ours, render: &render };
-    let who = Minter { refs_namespace: &ns, name: &name, cluster_scoped: false, seed: s.seed, secrets_dir: None };
+    let who = Minter { refs_namespace: &ns, name: &name, cluster_scoped: false, seed: s.seed, secrets_dir: None, key_name };
     let req = Request { who, source: &cr.spec.source, renewal: &cr.spec.renewal };
     let (minted, renewal, written, now) = match attempt::attempt(ctx, &req, &target, slot).await? {
         Outcome::Rotated { minted, renewal, written, at } => (minted, renewal, written, at),
@@ -317,13 +357,23 @@ async fn after_rotation(
     now: chrono::DateTime<Utc>,
 ) -> Result<Action, Error> {
     let (ns, name) = (&s.labels.namespace, &s.labels.name);
-    let st = report::rotated(ctx, s, &prev, &g.inputs, &minted, &renewal, now).await;
+    let mut st = report::rotated(ctx, s, &prev, &g.inputs, &minted, &renewal, now).await;
+    let mut requeue_at = renewal.at;
+    if let (Some(spec), Some(key)) = (&cr.spec.source.rotate, &minted.key) {
+        let replaced = g.existing.as_ref().filter(|x| secret::is_ours(x, cr)).and_then(secret::key_of);
+        let keys = crate::keys::rotated(prev.key.as_ref(), key, minted.expires_at, replaced, crate::source::rotate::grace(spec), now);
+        requeue_at = keys.retiring.iter().map(|r| r.revoke_at).fold(requeue_at, |a, b| a.min(b));
+        st.key = Some(keys);
+        let until = minted.expires_at.map(|t| format!(", valid until {}", t.to_rfc3339())).unwrap_or_default();
+        let note = format!("Created key {} at {}{until}", key.name, crate::source::rotate::vendor_name(spec));
+        s.event(ctx, EventType::Normal, crate::keys::KEY_CREATED, note).await;
+    }
     write_status(ctx, cr, &st).await?;
     let previous = g.existing.as_ref().filter(|x| secret::is_ours(x, cr)).and_then(secret::password_of);
     revoke::after_rotation(ctx, &cr.spec.source, ns, cr.object_ref(&()), (ns.clone(), name.clone()), previous, &minted);
     let st = sync_accounts(ctx, cr, s, st).await?;
     restart_stuck(ctx, cr, s, st).await?;
-    Ok(Action::requeue(schedule::requeue_after((ctx.now)(), renewal.at)))
+    Ok(Action::requeue(schedule::requeue_after((ctx.now)(), requeue_at)))
 }
 
 /// Bring the namespace's ServiceAccounts in line with `spec.serviceAccounts`

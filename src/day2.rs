@@ -398,6 +398,8 @@ pub async fn mint(args: MintArgs) -> Result<(), CliError> {
         cluster_scoped: true,
         seed: crate::schedule::seed(&name),
         secrets_dir: args.secrets_dir.as_deref(),
+        // `rotate` sources refuse: keys are created by the operator only.
+        key_name: None,
     };
     let now = crate::context::clock();
     let (minted, renewal) = crate::attempt::mint(&ctx, &who, &cr.spec.source, &cr.spec.renewal, now)

@@ -324,7 +324,7 @@ async fn credential(ctx: &FleetContext, ccr: &ClusterRegistryCredential, s: &Sub
     let place = placement(ccr, &ctx.home_namespace, &home_secret, false);
     let render = |m: &crate::source::Minted, r: schedule::Renewal| secret::desired_at(&place, m, &inputs, r.at);
     let target = Target { secrets: &homes, name: &home_secret, existing: home.as_ref().map(|h| h.metadata.clone()), ours: &ours, render: &render };
-    let who = Minter { refs_namespace: &refs_ns, name: &name, cluster_scoped: true, seed: s.seed, secrets_dir: None };
+    let who = Minter { refs_namespace: &refs_ns, name: &name, cluster_scoped: true, seed: s.seed, secrets_dir: None, key_name: None };
     let req = Request { who, source: &ccr.spec.source, renewal: &ccr.spec.renewal };
     match attempt::attempt(base, &req, &target, slot).await? {
         Outcome::Rotated { minted, renewal, written, at: now } => {

@@ -15,8 +15,9 @@
 //! 3. The parts of a reconcile: `index` (which credentials read which
 //!    Secret), `finalizer`, `revoke` (RFC 7009), `serviceaccounts`,
 //!    `report` (status, Events and metrics of an outcome), `attempt` (decide
-//!    → mint under one deadline → verify → write), `remediate`
-//!    (restarting Pods stuck pulling).
+//!    → mint under one deadline → verify → write), `keys` (the life of the
+//!    keys a `rotate` source creates at a registry: pending, swap, grace,
+//!    sweep), `remediate` (restarting Pods stuck pulling).
 //! 4. Each kind's reconcile and wiring: `credential` (RegistryCredential),
 //!    `fleet` (ClusterRegistryCredential).
 //! 5. `controller` (both kinds wired together), then `http` (health and
@@ -37,6 +38,7 @@ pub mod finalizer;
 pub mod fleet;
 pub mod http;
 pub mod index;
+pub mod keys;
 pub mod memo;
 pub mod metrics;
 pub mod remediate;

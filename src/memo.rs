@@ -256,6 +256,26 @@ impl Restarts {
     }
 }
 
+/// Credentials (by UID) whose keys at a registry this process has swept
+/// once ([`crate::keys`]): the sweep on start. Only makes regcred do less
+/// (a restarted process sweeps again).
+#[derive(Default)]
+pub struct Swept(Mutex<HashSet<String>>);
+
+impl Swept {
+    pub fn contains(&self, uid: &str) -> bool {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).contains(uid)
+    }
+
+    pub fn done(&self, uid: &str) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(uid.to_string());
+    }
+
+    pub fn forget(&self, uid: &str) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(uid);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -137,6 +137,11 @@ pub fn values_in(secret: &Secret) -> Vec<String> {
     out
 }
 
+/// The vendor's id of the key a Secret of ours holds (`rotate` sources).
+pub fn key_of(secret: &Secret) -> Option<String> {
+    secret.metadata.annotations.as_ref()?.get(api::KEY_ANNOTATION).cloned()
+}
+
 /// Read back what regcred wrote: is the data still what we wrote, and the
 /// times and inputs recorded with it.
 pub fn read_annotations(secret: &Secret) -> Annotated {
@@ -262,6 +267,9 @@ pub fn desired_at(p: &Placement, minted: &Minted, inputs: &str, renewal_time: Da
     annotations.insert(api::RENEWAL_ANNOTATION.into(), rfc3339(renewal_time));
     annotations.insert(api::INPUTS_ANNOTATION.into(), inputs.to_string());
     annotations.insert(api::DATA_DIGEST_ANNOTATION.into(), data_digest(&rendered.data));
+    if let Some(k) = &minted.key {
+        annotations.insert(api::KEY_ANNOTATION.into(), k.id.clone());
+    }
     Ok(placed(p, rendered, annotations))
 }
 
@@ -374,6 +382,7 @@ mod tests {
                 .collect(),
             issued_at: DateTime::from_timestamp(1_800_000_000, 0).unwrap(),
             expires_at: None,
+            key: None,
         }
     }
 
@@ -406,7 +415,7 @@ mod tests {
         // ECR's token is base64("AWS:<password>"): the rendered auth equals it.
         let token = base64::engine::general_purpose::STANDARD.encode("AWS:eyJwYXlsb2Fk");
         let a = crate::source::decode_ecr_token("1.dkr.ecr.eu-west-1.amazonaws.com", Some(&token)).unwrap();
-        let m = Minted { entries: vec![a], issued_at: Utc::now(), expires_at: None };
+        let m = Minted { entries: vec![a], issued_at: Utc::now(), expires_at: None, key: None };
         let v: Value = serde_json::from_slice(&render(&m)).unwrap();
         assert_eq!(v["auths"]["1.dkr.ecr.eu-west-1.amazonaws.com"]["auth"], json!(token));
     }

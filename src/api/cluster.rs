@@ -30,6 +30,10 @@ use super::{
 #[x_kube(validation = kube::core::Rule::new(
     "!(has(self.renewBefore) && has(self.renewBeforePercentage))"
 ).message("renewBefore and renewBeforePercentage are mutually exclusive: set at most one"))]
+// Keys at a registry are created per RegistryCredential (one key per
+// consumer, revocable on its own); the fleet path has no key lifecycle yet.
+#[x_kube(validation = kube::core::Rule::new("!has(self.source.rotate)")
+    .message("source.rotate is supported by RegistryCredential only: create one per namespace"))]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterRegistryCredentialSpec {
     /// Where the credential comes from. Set exactly one of `ecr`, `oauth2`,

@@ -47,6 +47,9 @@ pub const CLUSTER_CREDENTIAL_LABEL: &str = "regcred.dev/cluster-credential-uid";
 /// convention an RFC 3339 time; `regcred renew` sets it). Honoured once:
 /// status records the value served.
 pub const RENEW_ANNOTATION: &str = "regcred.dev/renew-requested-at";
+/// On a Secret written by a `rotate` source: the vendor's id of the key it
+/// holds (not the key).
+pub const KEY_ANNOTATION: &str = "regcred.dev/key-id";
 /// A ServiceAccount's opt-in to `ecr.webIdentity`: `"true"`.
 pub const WEB_IDENTITY_ANNOTATION: &str = "regcred.dev/web-identity";
 
@@ -346,6 +349,46 @@ pub struct RegistryCredentialStatus {
     /// The last `regcred.dev/renew-requested-at` value a mint was made for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renew_request_served: Option<String>,
+    /// For `rotate` sources: the key at the registry that the Secret holds,
+    /// the one being created, and replaced keys waiting for revocation.
+    /// Identities only, never a key's secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<KeyStatus>,
+}
+
+/// Keys a `rotate` source created at the registry.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyStatus {
+    /// The vendor's id of the key in the Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Its name at the vendor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// When it expires at the vendor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+    /// The name of a key being created: recorded before the vendor is
+    /// asked, so a key whose creation was interrupted is found and revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<String>,
+    /// Replaced keys, revoked once their grace has passed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retiring: Vec<RetiringKey>,
+}
+
+/// A replaced key still inside its grace period.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetiringKey {
+    /// The vendor's id of the key.
+    pub id: String,
+    /// Its name at the vendor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// When regcred revokes it.
+    pub revoke_at: DateTime<Utc>,
 }
 
 /// A status condition, as in `metav1.Condition`.

@@ -12,11 +12,12 @@ use super::{DNS1123_SUBDOMAIN, GO_DURATION, USERNAME};
 /// `https://index.docker.io/v1/`).
 pub const REGISTRY_HOST: &str = r"^(https?://)?[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?(:[0-9]{1,5})?(/[-A-Za-z0-9._~/]*)?$";
 
-/// Where the credential comes from: exactly one of `ecr`, `oauth2`, `http`, `basic`.
+/// Where the credential comes from: exactly one of `ecr`, `oauth2`, `http`,
+/// `basic`, `rotate`.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[x_kube(validation = kube::core::Rule::new(
-    "[has(self.ecr), has(self.oauth2), has(self.http), has(self.basic)].filter(x, x).size() == 1"
-).message("exactly one of ecr, oauth2, http or basic must be set"))]
+    "[has(self.ecr), has(self.oauth2), has(self.http), has(self.basic), has(self.rotate)].filter(x, x).size() == 1"
+).message("exactly one of ecr, oauth2, http, basic or rotate must be set"))]
 #[serde(rename_all = "camelCase")]
 pub struct CredentialSource {
     /// Mint a 12-hour token with AWS ECR `GetAuthorizationToken`.
@@ -33,6 +34,13 @@ pub struct CredentialSource {
     /// token) stored in a Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub basic: Option<BasicSource>,
+    /// Create a scoped, expiring key at the registry itself (a Docker Hub
+    /// access token, a Harbor robot account, a GitLab project or group
+    /// access token) with an admin credential from a Secret, and replace it
+    /// with a new one before it expires; the replaced key is revoked after a
+    /// grace period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotate: Option<RotateSource>,
 }
 
 /// A Secret in the RegistryCredential's own namespace.
@@ -460,4 +468,158 @@ pub struct BasicSecretRef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub password_key: Option<String>,
+}
+
+// ---------------------------------------------------------------- rotate
+
+/// Keys created, swapped and revoked at the registry's own API. Set exactly
+/// one of `dockerHub`, `harbor`, `gitlab`. Each rotation creates a new key
+/// named `regcred-<credential uid prefix>-<unix seconds>`, writes it to the
+/// Secret in place, and revokes the replaced key after `grace`; keys with
+/// this credential's name prefix that no Secret uses are revoked when the
+/// operator starts and when the credential is deleted.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[x_kube(validation = kube::core::Rule::new("[has(self.dockerHub), has(self.harbor), has(self.gitlab)].filter(x, x).size() == 1")
+    .message("exactly one of dockerHub, harbor or gitlab must be set"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.url) || self.url.startsWith('https://') || (has(self.allowInsecureHTTP) && self.allowInsecureHTTP)")
+    .message("url must use https:// (set allowInsecureHTTP: true to allow http://)")
+    .field_path(".url"))]
+#[x_kube(validation = kube::core::Rule::new("has(self.url) || !has(self.harbor)")
+    .message("harbor needs url (the Harbor instance, e.g. https://harbor.example.com)"))]
+#[serde(rename_all = "camelCase")]
+pub struct RotateSource {
+    /// Docker Hub personal access tokens of the admin account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker_hub: Option<DockerHubKeys>,
+    /// Harbor project robot accounts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub harbor: Option<HarborKeys>,
+    /// GitLab project or group access tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gitlab: Option<GitLabKeys>,
+    /// The vendor's API. Defaults to `https://hub.docker.com` for Docker Hub
+    /// and `https://gitlab.com` for GitLab; required for Harbor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048), pattern(r"^https?://[^\s/?#@]+(/[^\s?#]*)?$"))]
+    pub url: Option<String>,
+    /// Secret in this namespace with the admin credential that creates,
+    /// lists and revokes keys: Docker Hub `username` and `password` (of the
+    /// account that owns the tokens; its username is also the pull
+    /// username), Harbor `username` and `password` (a project admin), GitLab
+    /// `token` (with scope `api` and the Maintainer role). It never reaches
+    /// the pull Secret.
+    pub admin_secret_ref: SecretRef,
+    /// Registry hosts the key is written for. Defaults to
+    /// `https://index.docker.io/v1/` for Docker Hub; required otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20), inner(length(min = 1, max = 253), pattern(REGISTRY_HOST)))]
+    pub registries: Vec<String>,
+    /// How long each key lives, as a Go duration from `24h` to `8760h`.
+    /// Harbor and GitLab count whole days: a lifetime is rounded up to one.
+    /// Defaults to `720h` (30 days). Keys are replaced once two thirds of it
+    /// have passed, or as `renewBefore` says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64), pattern(GO_DURATION))]
+    #[x_kube(validation = kube::core::Rule::new("duration(self) >= duration('24h') && duration(self) <= duration('8760h')").message("lifetime must be between 24h and 8760h"))]
+    pub lifetime: Option<String>,
+    /// How long a replaced key keeps working (Pods starting during the swap
+    /// may still pull with it), as a Go duration from `0s` to `24h`.
+    /// Defaults to `10m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64), pattern(GO_DURATION))]
+    #[x_kube(validation = kube::core::Rule::new("duration(self) <= duration('24h')").message("grace must be at most 24h"))]
+    pub grace: Option<String>,
+    /// Allow an `http://` API URL and verification over plain http. Keys
+    /// then cross the network in clear text: only for tests and trusted
+    /// local networks.
+    #[serde(default, rename = "allowInsecureHTTP", skip_serializing_if = "Option::is_none")]
+    pub allow_insecure_http: Option<bool>,
+    /// CA bundle and client certificate for the vendor's API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+    /// Log in to each registry with a new key before writing it; a refusal
+    /// revokes the new key and keeps the current Secret. Defaults to `true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<bool>,
+}
+
+/// Scopes of a Docker Hub personal access token that a pull Secret may hold.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum DockerHubScope {
+    #[serde(rename = "repo:public_read")]
+    PublicRead,
+    #[serde(rename = "repo:read")]
+    Read,
+    #[serde(rename = "repo:write")]
+    Write,
+}
+
+/// Docker Hub: `POST /v2/access-tokens` as the admin account.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DockerHubKeys {
+    /// Scopes of each new token. Defaults to `[repo:read]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 3))]
+    pub scopes: Vec<DockerHubScope>,
+}
+
+/// What a Harbor robot may do in its project.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum HarborAction {
+    #[serde(rename = "pull")]
+    Pull,
+    #[serde(rename = "push")]
+    Push,
+}
+
+/// Harbor: a new project robot account (`POST /api/v2.0/robots`) per
+/// rotation.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HarborKeys {
+    /// The Harbor project the robots belong to.
+    #[schemars(length(min = 1, max = 255), pattern(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$"))]
+    pub project: String,
+    /// Repository actions each robot gets. Defaults to `[pull]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 2))]
+    pub actions: Vec<HarborAction>,
+}
+
+/// Scopes of a GitLab access token that a pull Secret may hold.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum GitLabScope {
+    #[serde(rename = "read_registry")]
+    ReadRegistry,
+    #[serde(rename = "write_registry")]
+    WriteRegistry,
+}
+
+/// GitLab: a project (or group) access token
+/// (`POST /api/v4/projects/:id/access_tokens`) per rotation. Never the
+/// `rotate` endpoint: replaying a rotated token revokes its whole family.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[x_kube(validation = kube::core::Rule::new("has(self.project) != has(self.group)")
+    .message("set exactly one of project or group"))]
+#[serde(rename_all = "camelCase")]
+pub struct GitLabKeys {
+    /// Project id or full path (`group/project`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255), pattern(r"^[A-Za-z0-9_.][A-Za-z0-9_./-]*$"))]
+    pub project: Option<String>,
+    /// Group id or full path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255), pattern(r"^[A-Za-z0-9_.][A-Za-z0-9_./-]*$"))]
+    pub group: Option<String>,
+    /// Scopes of each new token. Defaults to `[read_registry]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 2))]
+    pub scopes: Vec<GitLabScope>,
+    /// The token's role: 10 (Guest), 15 (Planner), 20 (Reporter, the
+    /// default: enough to pull from a private project), 30 (Developer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 10, max = 30))]
+    #[x_kube(validation = kube::core::Rule::new("self in [10, 15, 20, 30]").message("accessLevel must be 10, 15, 20 or 30"))]
+    pub access_level: Option<i32>,
 }

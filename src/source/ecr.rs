@@ -449,7 +449,7 @@ impl EcrSource {
             let data = out.authorization_data().ok_or_else(|| invalid("no authorizationData"))?;
             let entry = decode_token(ECR_PUBLIC_HOST, data.authorization_token())?;
             let expires_at = data.expires_at().and_then(|t| DateTime::from_timestamp(t.secs(), 0));
-            return Ok(Minted { entries: vec![entry], issued_at, expires_at });
+            return Ok(Minted { entries: vec![entry], issued_at, expires_at, key: None });
         }
         let mut b = aws_sdk_ecr::Config::builder()
             .behavior_version(BehaviorVersion::latest())
@@ -485,7 +485,7 @@ impl EcrSource {
         if entries.is_empty() {
             return Err(invalid("no authorizationData"));
         }
-        Ok(Minted { entries, issued_at, expires_at })
+        Ok(Minted { entries, issued_at, expires_at, key: None })
     }
 }
 
@@ -612,7 +612,7 @@ mod tests {
         let m = EcrMinter::new(client, EcrSettings::default());
         let t0 = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
         let secs = chrono::Duration::seconds;
-        let token = |issued: DateTime<Utc>| Minted { entries: vec![], issued_at: issued, expires_at: Some(issued + secs(40)) };
+        let token = |issued: DateTime<Utc>| Minted { entries: vec![], issued_at: issued, expires_at: Some(issued + secs(40)), key: None };
         // A failed mint leaves no slot behind.
         let failed = m.shared("k".into(), t0, |_| true, async { Err(SourceError::Deadline("x".into())) }).await;
         assert!(failed.is_err());

@@ -12,6 +12,7 @@ pub mod httpclient;
 pub mod login;
 pub mod oauth2;
 mod reader;
+pub mod rotate;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -36,6 +37,16 @@ pub struct Minted {
     pub issued_at: DateTime<Utc>,
     /// When it stops working; `None` for credentials without an expiry.
     pub expires_at: Option<DateTime<Utc>>,
+    /// The key a `rotate` source created at the registry for it.
+    pub key: Option<KeyRef>,
+}
+
+/// A key at a registry vendor: its id (what revokes it) and name. Never its
+/// secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRef {
+    pub id: String,
+    pub name: String,
 }
 
 /// The username and password for one registry host. `Debug` redacts the password.
@@ -59,7 +70,7 @@ impl Minted {
             .iter()
             .map(|r| RegistryAuth { registry: r.clone(), username: username.to_string(), password: password.clone() })
             .collect();
-        Self { entries, issued_at, expires_at }
+        Self { entries, issued_at, expires_at, key: None }
     }
 
     /// The registry hosts, in order.
@@ -128,20 +139,31 @@ pub struct SourceContext {
     /// credential is still ahead.
     pub policy: crate::schedule::Policy,
     pub seed: u64,
+    /// For `rotate` sources: the name of the key to create, recorded in
+    /// status before the vendor is asked.
+    pub key_name: Option<String>,
 }
 
 /// Build the source named by the spec.
 pub fn from_spec(spec: &CredentialSource, cx: SourceContext) -> Result<Box<dyn TokenSource>, SourceError> {
-    match (&spec.ecr, &spec.oauth2, &spec.http, &spec.basic) {
-        (Some(s), None, None, None) => Ok(Box::new(ecr::EcrSource::new(s.clone(), cx)?)),
-        (None, Some(s), None, None) => Ok(Box::new(oauth2::OAuth2::new(s.clone(), cx)?)),
-        (None, None, Some(s), None) => Ok(Box::new(http::HttpToken::new(s.clone(), cx)?)),
-        (None, None, None, Some(s)) => Ok(Box::new(basic::Basic::new(s.clone(), cx))),
+    match (&spec.ecr, &spec.oauth2, &spec.http, &spec.basic, &spec.rotate) {
+        (Some(s), None, None, None, None) => Ok(Box::new(ecr::EcrSource::new(s.clone(), cx)?)),
+        (None, Some(s), None, None, None) => Ok(Box::new(oauth2::OAuth2::new(s.clone(), cx)?)),
+        (None, None, Some(s), None, None) => Ok(Box::new(http::HttpToken::new(s.clone(), cx)?)),
+        (None, None, None, Some(s), None) => Ok(Box::new(basic::Basic::new(s.clone(), cx))),
+        (None, None, None, None, Some(s)) => Ok(Box::new(rotate::Rotate::new(s.clone(), cx)?)),
         _ => Err(SourceError::InvalidSpec {
             field: "spec.source",
-            problem: "exactly one of ecr, oauth2, http or basic must be set".into(),
+            problem: "exactly one of ecr, oauth2, http, basic or rotate must be set".into(),
         }),
     }
+}
+
+/// Revoke a key a `rotate` source created that will not be used (the
+/// attempt failed after the vendor made it).
+pub async fn discard(spec: &CredentialSource, cx: &SourceContext, key: &KeyRef) -> Result<(), SourceError> {
+    let Some(r) = &spec.rotate else { return Ok(()) };
+    rotate::Vendor::connect(r, cx).await?.revoke(&key.id).await
 }
 
 /// Whether the spec asks to verify a new credential at each registry before
@@ -156,6 +178,9 @@ pub fn verify_settings(spec: &CredentialSource) -> Option<bool> {
     }
     if let Some(e) = &spec.ecr {
         return (e.verify == Some(true)).then_some(e.allow_insecure_http == Some(true));
+    }
+    if let Some(r) = &spec.rotate {
+        return (r.verify != Some(false)).then_some(r.allow_insecure_http == Some(true));
     }
     None
 }
@@ -178,8 +203,9 @@ pub async fn verify_at_registries(minted: &Minted, allow_http: bool, net: &NetPo
 }
 
 /// The endpoint origin a source dials (scheme, host and port), which its
-/// attempts' slots count against: the token URL, or ECR's endpoint (the
-/// override, else the region's). `None` for `basic` (it reads a Secret).
+/// attempts' slots count against: the token URL, ECR's endpoint (the
+/// override, else the region's), or a `rotate` vendor's API. `None` for
+/// `basic` (it reads a Secret).
 /// URLs that do not parse share one origin (their mints fail at once);
 /// the text is never used, since the queue's record logs origins.
 pub fn origin(spec: &CredentialSource) -> Option<String> {
@@ -196,6 +222,9 @@ pub fn origin(spec: &CredentialSource) -> Option<String> {
     }
     if let Some(o) = &spec.oauth2 {
         return Some(of(&o.token_url));
+    }
+    if let Some(r) = &spec.rotate {
+        return Some(rotate::api_url(r).map(|u| u.origin().ascii_serialization()).unwrap_or_else(|_| "invalid-url".into()));
     }
     spec.http.as_ref().map(|h| of(&h.url))
 }
@@ -228,6 +257,10 @@ pub fn referenced_secrets(spec: &CredentialSource) -> Vec<String> {
     if let Some(b) = &spec.basic {
         names.push(b.secret_ref.name.clone());
         tls(&b.tls, &mut names);
+    }
+    if let Some(r) = &spec.rotate {
+        names.push(r.admin_secret_ref.name.clone());
+        tls(&r.tls, &mut names);
     }
     names.sort();
     names.dedup();

@@ -113,7 +113,7 @@ async fn invalid_credentials_are_rejected_naming_the_field() {
     let oauth2 = |url: &str| json!({"tokenURL": url, "clientSecretRef": {"name": "c"}, "registries": ["r.example.com"]});
     // (case, spec, what the message must contain)
     let cases: Vec<(&str, Value, Vec<&str>)> = vec![
-        ("no-source", json!({"source": {}}), vec!["spec.source", "exactly one of ecr, oauth2, http or basic"]),
+        ("no-source", json!({"source": {}}), vec!["spec.source", "exactly one of ecr, oauth2, http, basic or rotate"]),
         ("two-sources", json!({"source": {"basic": basic, "oauth2": oauth2("https://a.example/t")}}), vec!["spec.source", "exactly one of"]),
         ("bad-duration", json!({"source": {"basic": basic}, "renewBefore": "an hour"}), vec!["spec.renewBefore", "should match"]),
         ("percentage-0", json!({"source": {"basic": basic}, "renewBeforePercentage": 0}), vec!["spec.renewBeforePercentage", "greater than or equal to 1"]),
@@ -133,6 +133,16 @@ async fn invalid_credentials_are_rejected_naming_the_field() {
         ("bad-auth-method", json!({"source": {"oauth2": {"tokenURL": "https://a.example/t", "clientSecretRef": {"name": "c"}, "registries": ["r.example.com"], "authMethod": "private_key_jwt"}}}), vec!["spec.source.oauth2.authMethod", "Unsupported value"]),
         ("header-value-and-from", json!({"source": {"http": {"url": "https://a.example/t", "registries": ["r.example.com"], "headers": [{"name": "X", "value": "v", "valueFrom": {"name": "s", "key": "k"}}]}}}), vec!["spec.source.http.headers[0]", "exactly one of value or valueFrom"]),
         ("bad-registry-host", json!({"source": {"basic": {"secretRef": {"name": "s"}, "registries": ["not a host"]}}}), vec!["spec.source.basic.registries[0]", "should match"]),
+        // rotate: bounded lifetimes and grace, known scopes, one vendor
+        ("rotate-two-vendors", json!({"source": {"rotate": {"adminSecretRef": {"name": "a"}, "dockerHub": {}, "gitlab": {"project": "g/p"}}}}), vec!["spec.source.rotate", "exactly one of dockerHub, harbor or gitlab"]),
+        ("rotate-short-life", json!({"source": {"rotate": {"adminSecretRef": {"name": "a"}, "dockerHub": {}, "lifetime": "1h"}}}), vec!["spec.source.rotate.lifetime", "between 24h and 8760h"]),
+        ("rotate-long-life", json!({"source": {"rotate": {"adminSecretRef": {"name": "a"}, "dockerHub": {}, "lifetime": "9000h"}}}), vec!["spec.source.rotate.lifetime", "between 24h and 8760h"]),
+        ("rotate-long-grace", json!({"source": {"rotate": {"adminSecretRef": {"name": "a"}, "dockerHub": {}, "grace": "25h"}}}), vec!["spec.source.rotate.grace", "at most 24h"]),
+        ("rotate-hub-scope", json!({"source": {"rotate": {"adminSecretRef": {"name": "a"}, "dockerHub": {"scopes": ["repo:admin"]}}}}), vec!["spec.source.rotate.dockerHub.scopes[0]", "Unsupported value"]),
+        ("rotate-gitlab-scope", json!({"source": {"rotate": {"adminSecretRef": {"name": "a"}, "gitlab": {"project": "g/p", "scopes": ["api"]}}}}), vec!["spec.source.rotate.gitlab.scopes[0]", "Unsupported value"]),
+        ("rotate-gitlab-level", json!({"source": {"rotate": {"adminSecretRef": {"name": "a"}, "gitlab": {"project": "g/p", "accessLevel": 40}}}}), vec!["spec.source.rotate.gitlab.accessLevel", "less than or equal to 30"]),
+        ("rotate-harbor-no-url", json!({"source": {"rotate": {"adminSecretRef": {"name": "a"}, "harbor": {"project": "library"}, "registries": ["h.example"]}}}), vec!["spec.source.rotate", "harbor needs url"]),
+        ("rotate-http-url", json!({"source": {"rotate": {"adminSecretRef": {"name": "a"}, "harbor": {"project": "library"}, "url": "http://h.example", "registries": ["h.example"]}}}), vec!["spec.source.rotate.url", "must use https://"]),
     ];
     assert!(cases.len() >= 10);
     let mut distinct = std::collections::BTreeSet::new();

@@ -10,6 +10,7 @@ mod ecr;
 mod fleet;
 mod hostile;
 mod keep;
+mod keys;
 mod local;
 mod parity;
 mod pods;

@@ -84,6 +84,11 @@ def active(token):
         return False
 
 
+# More ways a password may be accepted (user, password) -> bool: a peer
+# that imports this module adds its own (tests/peers/vendors.py).
+CHECKS = []
+
+
 def access(scopes, may_push):
     out = []
     for scope in scopes:
@@ -111,7 +116,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def grant(self, params, user, password):
         pusher = user == ENV.get("PUSH_USER") and password == ENV.get("PUSH_PASSWORD")
-        if not pusher and not (password and active(password)):
+        if not pusher and not (password and (any(c(user, password) for c in CHECKS) or active(password))):
             with lock:
                 stats["refused"] += 1
             return self.send(401, {"errors": [{"code": "UNAUTHORIZED", "message": "access token not active"}]})

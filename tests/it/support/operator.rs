@@ -58,6 +58,13 @@ impl Operator {
         self.proc.stop();
     }
 
+    /// Kill with SIGKILL (a crash: nothing is finished) and start a new process.
+    pub fn crash_and_restart(&mut self) {
+        self.proc.kill();
+        self.earlier.push_str(&self.proc.output());
+        self.proc = spawn(self.namespace.as_deref(), &self.extra, &self.env, &self._dir, self.earlier.len());
+    }
+
     /// Everything every run of this operator logged.
     pub fn logs(&self) -> String {
         format!("{}{}", self.earlier, self.proc.output())

@@ -104,6 +104,12 @@ impl Proc {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// SIGKILL, then wait: a crash.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// SIGTERM, then wait.
     pub fn stop(&mut self) {
         let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
@@ -237,21 +243,38 @@ impl Registry {
     /// the short-lived passwords it mints at `<realm origin>/credential` for
     /// `robot` (lifetime `ttl` seconds), and pushes to `pusher`.
     pub async fn realm(oauth2: Option<&OAuth2Server>, robot: (&str, &str), ttl: u64, pusher: (&str, &str)) -> Self {
+        let env = [("ROBOT_USER", robot.0.to_string()), ("ROBOT_PASSWORD", robot.1.to_string()), ("CREDENTIAL_TTL", ttl.to_string())];
+        Self::realm_peer("REALM", oauth2, &env, pusher).await
+    }
+
+    /// A registry whose realm is tests/peers/vendors.py, the Docker Hub,
+    /// Harbor and GitLab key APIs: it grants pulls to exactly the keys live
+    /// there (see that file for the admin credentials in `env`), and pushes
+    /// to `pusher`. The vendors' API is at [`Registry::realm_origin`].
+    pub async fn vendors(env: &[(&str, String)], pusher: (&str, &str)) -> Self {
+        Self::realm_peer("VENDORS", None, env, pusher).await
+    }
+
+    /// `http://host:port` of the realm peer.
+    pub fn realm_origin(&self) -> String {
+        self.token_server.as_deref().expect("a token-auth registry").trim_end_matches("/token").to_string()
+    }
+
+    async fn realm_peer(script: &str, oauth2: Option<&OAuth2Server>, env: &[(&str, String)], pusher: (&str, &str)) -> Self {
         let dir = TempDir::new("registry");
         let (key, crt) = (dir.join("realm.key"), dir.join("realm.crt"));
         signing_cert(&key, &crt);
         let port = free_port();
         let realm = format!("http://127.0.0.1:{port}/token");
         let mut cmd = Command::new(peers().path("MOTO_PYTHON"));
-        cmd.arg(peers().path("REALM"))
+        cmd.arg(peers().path(script))
+            .env("PYTHONPATH", peers().path("REALM").parent().unwrap())
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env("PORT", port.to_string())
             .env("KEY", &key)
             .env("CERT", &crt)
             .env("ISSUER", "regcred-test-issuer")
             .env("SERVICE", "regcred-test-registry")
-            .env("ROBOT_USER", robot.0)
-            .env("ROBOT_PASSWORD", robot.1)
-            .env("CREDENTIAL_TTL", ttl.to_string())
             .env("PUSH_USER", pusher.0)
             .env("PUSH_PASSWORD", pusher.1);
         if let Some(o) = oauth2 {
