@@ -150,6 +150,10 @@ pub async fn tend(ctx: &Context, s: &Subject, who: &Minter<'_>, source: &Credent
     if let Some(k) = st.as_mut() {
         let mut kept = Vec::new();
         for r in std::mem::take(&mut k.retiring) {
+            // Never the key the Secret holds, whatever status says.
+            if secret_key == Some(r.id.as_str()) || k.id.as_deref() == Some(r.id.as_str()) {
+                continue;
+            }
             if r.revoke_at > now {
                 kept.push(r);
                 continue;

@@ -124,6 +124,8 @@ pub struct Vendor {
     base: Url,
     client: Client,
     admin: Admin,
+    /// Docker Hub's bearer, signed in for once per `Vendor`.
+    bearer: tokio::sync::OnceCell<SecretString>,
 }
 
 impl Vendor {
@@ -143,7 +145,7 @@ impl Vendor {
                 Admin::Harbor { username, password }
             }
         };
-        Ok(Self { spec: spec.clone(), base, client, admin })
+        Ok(Self { spec: spec.clone(), base, client, admin, bearer: tokio::sync::OnceCell::new() })
     }
 
     fn url(&self, path: &str) -> Url {
@@ -154,7 +156,7 @@ impl Vendor {
     }
 
     /// A request signed as the admin (Docker Hub: with a bearer from
-    /// `/v2/auth/token`, asked for here).
+    /// `/v2/auth/token`, asked for on the first request).
     async fn request(&self, method: reqwest::Method, url: &Url) -> Result<reqwest::RequestBuilder, SourceError> {
         let req = self.client.request(method, url)?.header("accept", "application/json");
         let (name, value) = match &self.admin {
@@ -163,7 +165,10 @@ impl Vendor {
                 ("authorization", format!("Basic {b}"))
             }
             Admin::GitLab { token } => ("private-token", token.expose_secret().to_string()),
-            Admin::DockerHub { username, password } => ("authorization", format!("Bearer {}", self.hub_bearer(username, password).await?.expose_secret())),
+            Admin::DockerHub { username, password } => {
+                let bearer = self.bearer.get_or_try_init(|| self.hub_bearer(username, password)).await?;
+                ("authorization", format!("Bearer {}", bearer.expose_secret()))
+            }
         };
         let mut v = reqwest::header::HeaderValue::from_str(&value)
             .map_err(|_| SourceError::InvalidSpec { field: "spec.source.rotate.adminSecretRef", problem: "the admin credential cannot be sent in a header".into() })?;

@@ -226,6 +226,17 @@ async fn mint_prints_a_redacted_summary_and_writes_a_file_that_pulls() {
     assert_eq!(secrets.items.len(), 2, "mint wrote to the cluster");
     let (code, _, err) = cli(&["mint", "-f", "/nonexistent.yaml"]);
     assert_eq!(code, 1, "{err}");
+    // A `rotate` source creates keys at a registry, which only the operator
+    // tracks (in status): `mint` refuses before anything is asked.
+    let rotate = json!({"apiVersion": "regcred.dev/v1alpha1", "kind": "RegistryCredential", "metadata": {"name": "keys"},
+        "spec": {"source": {"rotate": {"dockerHub": {}, "url": endpoint.url("keys", "body", &[]), "allowInsecureHTTP": true, "adminSecretRef": {"name": "robot"}}}}});
+    let manifest = dir.join("rotate.yaml");
+    std::fs::write(&manifest, serde_yaml::to_string(&rotate).unwrap()).unwrap();
+    let before = endpoint.total().await;
+    let (code, out, err) = cli(&["mint", "-f", manifest.to_str().unwrap(), "--secrets-dir", &dir.0.display().to_string()]);
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(err.contains("keys are created by the operator for a RegistryCredential only"), "{err}");
+    assert_eq!(endpoint.total().await, before, "mint asked the vendor");
     let refs: Vec<&str> = outputs.iter().map(String::as_str).collect();
     let mut leaks: Vec<&str> = passwords.iter().map(String::as_str).collect();
     leaks.extend([server.secret.as_str(), "aws-secret-key-mint-9", "robot-pw-from-file"]);

@@ -183,6 +183,13 @@ async fn keys_rotate_at_each_vendor_and_the_replaced_key_stops_pulling() {
         }
     }
     assert_no_secrets(&client, n, &operator, &leaks).await;
+    // Deleting a credential revokes its keys at the vendor (a finalizer).
+    let crs: Api<RegistryCredential> = Api::namespaced(client.clone(), n);
+    let hub = crs.get("hub").await.unwrap();
+    delete(&crs, "hub").await;
+    let prefix = key_prefix(&hub);
+    wait_for(Duration::from_secs(30), "the deleted credential's keys revoked", || async { live_keys(&reg, &prefix).await.is_empty().then_some(()) }).await;
+    wait_for(Duration::from_secs(30), "the credential gone", || async { crs.get_opt("hub").await.unwrap().is_none().then_some(()) }).await;
 }
 
 #[tokio::test]
