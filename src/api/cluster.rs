@@ -37,7 +37,7 @@ use super::{
 #[serde(rename_all = "camelCase")]
 pub struct ClusterRegistryCredentialSpec {
     /// Where the credential comes from. Set exactly one of `ecr`, `oauth2`,
-    /// `http` or `basic`. Secrets and ServiceAccounts the source names are
+    /// `http` or `basic` (`rotate` is for RegistryCredentials). Secrets and ServiceAccounts the source names are
     /// read in `sourceNamespace`.
     pub source: CredentialSource,
 

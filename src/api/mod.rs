@@ -76,7 +76,7 @@ pub const USERNAME: &str = r"^[^:[:cntrl:]]+$";
     shortname = "regcred",
     category = "all",
     namespaced,
-    doc = "A RegistryCredential keeps one kubernetes.io/dockerconfigjson Secret filled with a fresh registry credential. The credential is minted from exactly one source (AWS ECR, an OAuth2 token endpoint, a generic HTTP token endpoint, or static credentials in a Secret) and renewed before it expires. Name the Secret in a Pod's imagePullSecrets to pull with it.",
+    doc = "A RegistryCredential keeps one kubernetes.io/dockerconfigjson Secret filled with a fresh registry credential. The credential is minted from exactly one source (AWS ECR, an OAuth2 token endpoint, a generic HTTP token endpoint, static credentials in a Secret, or a key regcred creates and rotates at Docker Hub, Harbor or GitLab) and renewed before it expires. Name the Secret in a Pod's imagePullSecrets to pull with it.",
     status = "RegistryCredentialStatus",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Registry","type":"string","jsonPath":".status.registries[0]"}"#,
@@ -84,6 +84,7 @@ pub const USERNAME: &str = r"^[^:[:cntrl:]]+$";
     printcolumn = r#"{"name":"Renews","type":"string","jsonPath":".status.renewalTime"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Secret","type":"string","priority":1,"jsonPath":".status.secretName"}"#,
+    printcolumn = r#"{"name":"Key","type":"string","priority":1,"jsonPath":".status.key.name"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(validation = kube::core::Rule::new(
@@ -99,7 +100,7 @@ pub struct RegistryCredentialSpec {
     pub secret_name: Option<String>,
 
     /// Where the credential comes from. Set exactly one of `ecr`, `oauth2`,
-    /// `http` or `basic`.
+    /// `http`, `basic` or `rotate`.
     pub source: CredentialSource,
 
     #[serde(flatten)]

@@ -25,17 +25,20 @@ const PUSHER: (&str, &str) = ("pusher", "pusher-pw-5d6e7f");
 
 /// The registry and its vendor peer, with the test image pushed.
 async fn vendors() -> (Registry, String) {
-    let env = [
+    let reg = Registry::vendors(&peer_env(), PUSHER).await;
+    let image = reg.push_app_image("library/app", PUSHER.0, PUSHER.1);
+    (reg, image)
+}
+
+fn peer_env() -> Vec<(&'static str, String)> {
+    vec![
         ("ADMIN_USER", ADMIN_USER.to_string()),
         ("ADMIN_PASSWORD", ADMIN_PASSWORD.to_string()),
         ("ADMIN_TOKEN", ADMIN_TOKEN.to_string()),
         ("LIMITED_USER", "limited".to_string()),
         ("LIMITED_PASSWORD", LIMITED_PASSWORD.to_string()),
         ("LIMITED_TOKEN", LIMITED_TOKEN.to_string()),
-    ];
-    let reg = Registry::vendors(&env, PUSHER).await;
-    let image = reg.push_app_image("library/app", PUSHER.0, PUSHER.1);
-    (reg, image)
+    ]
 }
 
 fn http() -> reqwest::Client {
@@ -114,6 +117,7 @@ async fn keys_rotate_at_each_vendor_and_the_replaced_key_stops_pulling() {
         ("hub", json!({"dockerHub": {"scopes": ["repo:read"]}}), "hub-admin"),
         ("harbor", json!({"harbor": {"project": "library", "actions": ["pull"]}}), "harbor-admin"),
         ("gitlab", json!({"gitlab": {"project": "group/app", "scopes": ["read_registry"]}}), "gitlab-admin"),
+        ("gitlab-group", json!({"gitlab": {"group": "group", "accessLevel": 10}}), "gitlab-admin"),
     ];
     for (name, vendor, admin) in &cases {
         create_credential(&client, n, name, rotate(&reg, vendor.clone(), admin)).await;
@@ -130,6 +134,10 @@ async fn keys_rotate_at_each_vendor_and_the_replaced_key_stops_pulling() {
         // requested scope and expiry (48h; Harbor counts days, GitLab's date
         // ends at a midnight at least 48h away)
         let expected_scope = match *name { "hub" => "repo:read", "harbor" => "pull", _ => "read_registry" };
+        if name.starts_with("gitlab") {
+            let (owner, level) = if *name == "gitlab" { ("projects/group/app", 20) } else { ("groups/group", 10) };
+            assert_eq!((key["owner"].as_str(), key["access_level"].as_i64()), (Some(owner), Some(level)), "{name}: {key}");
+        }
         assert_eq!(key["scopes"], json!([expected_scope]), "{name}: {key}");
         let expires = key["expires"].as_f64().unwrap() as i64;
         let life = expires - started.timestamp();
@@ -313,4 +321,31 @@ async fn hostile_vendor_answers_fail_cleanly_and_leave_no_key() {
         assert!(operator.is_running(), "{mode}: the operator is still running");
     }
     fault(&reg, "create", "none", None).await;
+}
+
+#[tokio::test]
+async fn the_vendor_api_over_https_with_the_credentials_ca() {
+    let (client, ns) = setup("keys-tls").await;
+    let n = &ns.name;
+    let certs = TestCerts::new();
+    let (reg, https) = Registry::vendors_tls(&peer_env(), PUSHER, &certs).await;
+    let image = reg.push_app_image("library/app", PUSHER.0, PUSHER.1);
+    admin_secrets(&client, n).await;
+    create_secret(&client, n, "ca", json!({"ca.crt": certs.pem("ca.crt")})).await;
+    let operator = Operator::start(n);
+    let mut trusted = rotate(&reg, json!({"dockerHub": {}}), "hub-admin");
+    trusted["source"]["rotate"]["url"] = json!(https);
+    trusted["source"]["rotate"]["tls"] = json!({"caBundleSecretRef": {"name": "ca", "key": "ca.crt"}});
+    create_credential(&client, n, "trusted", trusted.clone()).await;
+    let mut untrusted = trusted;
+    untrusted["source"]["rotate"].as_object_mut().unwrap().remove("tls");
+    create_credential(&client, n, "untrusted", untrusted).await;
+    wait_ready(&client, n, "trusted", "True", Some("Rotated"), Duration::from_secs(60)).await;
+    let s = Api::<Secret>::namespaced(client.clone(), n).get("trusted").await.unwrap();
+    let (user, password) = creds_in(&s, &reg.host);
+    skopeo_pull_creds(&user, &password, &image).unwrap();
+    let cr = wait_ready(&client, n, "untrusted", "False", Some("MintFailed"), Duration::from_secs(60)).await;
+    assert!(cr.ready().unwrap().message.contains("not signed by a trusted CA"), "{:?}", cr.ready());
+    assert!(live_keys(&reg, &key_prefix(&cr)).await.is_empty(), "nothing was created without trust");
+    assert_no_secrets(&client, n, &operator, &[ADMIN_PASSWORD.to_string(), password]).await;
 }

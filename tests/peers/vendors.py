@@ -40,6 +40,9 @@ LIMITED_PASSWORD and LIMITED_TOKEN authenticate but may not create keys (403).
 Harbor project ``library`` (id 1); GitLab project ``group/app`` (id 7) and
 group ``group`` (id 3).
 
+With TLS_PORT, TLS_CERT and TLS_KEY, the same APIs (and keys) are served
+over https on TLS_PORT as well.
+
 Test controls: ``GET /_keys`` (every key, without secrets), ``GET
 /_vendor_stats``, ``POST /_fault?op=create|list|delete|auth&mode=M[&hold=S]``
 with M one of none, 500, 503, 403, hang, huge, malformed, expired, noexpiry,
@@ -76,6 +79,15 @@ next_id = [100]
 
 def now():
     return time.time()
+
+
+def page_of(items, query, size_key, default_size):
+    """One page of `items`, as `page` and `size_key` in the query ask."""
+    try:
+        page, size = max(int(query.get("page", ["1"])[0]), 1), max(int(query.get(size_key, [default_size])[0]), 1)
+    except ValueError:
+        page, size = 1, int(default_size)
+    return page, size, items[(page - 1) * size:page * size]
 
 
 def live(k):
@@ -311,8 +323,7 @@ class Handler(realm.Handler):
             with lock:
                 vstats["listed"] += 1
                 mine = [k for k in keys.values() if k["vendor"] == "hub" and not k["revoked"]]
-            page, size = int(query.get("page", ["1"])[0]), int(query.get("page_size", ["10"])[0])
-            chunk = mine[(page - 1) * size:page * size]
+            page, size, chunk = page_of(mine, query, "page_size", "10")
             results = [{"uuid": k["id"], "token_label": k["name"], "token": "***", "scopes": k["scopes"],
                         "is_active": live(k)} | self.expiry_fields("hub", k["expires"]) for k in chunk]
             more = page * size < len(mine)
@@ -377,8 +388,7 @@ class Handler(realm.Handler):
             with lock:
                 vstats["listed"] += 1
                 mine = [k for k in keys.values() if k["vendor"] == "harbor" and HARBOR_PROJECTS.get(k["project"]) == pid and not k["revoked"]]
-            page, size = int(query.get("page", ["1"])[0]), int(query.get("page_size", ["10"])[0])
-            chunk = mine[(page - 1) * size:page * size]
+            _, _, chunk = page_of(mine, query, "page_size", "10")
             return self.send(200, [{"id": int(k["id"]), "name": k["full_name"], "level": "project", "disable": False,
                                     "duration": k["duration"]} | self.expiry_fields("harbor", k["expires"]) for k in chunk])
         m = re.fullmatch(r"/api/v2.0/robots/([0-9]+)", path)
@@ -447,8 +457,7 @@ class Handler(realm.Handler):
                 mine = [k for k in keys.values() if k["vendor"] == "gitlab" and k["owner"] == owner and not k["revoked"]]
             if query.get("state", [""])[0] == "active":
                 mine = [k for k in mine if live(k)]
-            page, size = int(query.get("page", ["1"])[0]), int(query.get("per_page", ["20"])[0])
-            chunk = mine[(page - 1) * size:page * size]
+            _, _, chunk = page_of(mine, query, "per_page", "20")
             return self.send(200, [{"id": int(k["id"]), "name": k["name"], "scopes": k["scopes"], "active": live(k),
                                     "revoked": k["revoked"]} | self.expiry_fields("gitlab", k["expires"]) for k in chunk])
         if method == "DELETE" and token_id:
@@ -478,6 +487,14 @@ class Handler(realm.Handler):
 
 def main():
     server = realm.ThreadingHTTPServer(("127.0.0.1", int(ENV["PORT"])), Handler)
+    if ENV.get("TLS_PORT"):
+        # The same APIs (and keys) over https too, as the vendors serve them.
+        import ssl
+        tls = realm.ThreadingHTTPServer(("127.0.0.1", int(ENV["TLS_PORT"])), Handler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(ENV["TLS_CERT"], ENV["TLS_KEY"])
+        tls.socket = context.wrap_socket(tls.socket, server_side=True)
+        threading.Thread(target=tls.serve_forever, daemon=True).start()
     print(f"LISTENING {server.server_address[1]}", flush=True)
     server.serve_forever()
 

@@ -255,6 +255,19 @@ impl Registry {
         Self::realm_peer("VENDORS", None, env, pusher).await
     }
 
+    /// The same, with the vendors' APIs served over https too (the test
+    /// CA's server certificate): returns that origin.
+    pub async fn vendors_tls(env: &[(&str, String)], pusher: (&str, &str), certs: &TestCerts) -> (Self, String) {
+        let port = free_port();
+        let mut env = env.to_vec();
+        env.push(("TLS_PORT", port.to_string()));
+        env.push(("TLS_CERT", certs.path("server.crt").display().to_string()));
+        env.push(("TLS_KEY", certs.path("server.key").display().to_string()));
+        let reg = Self::realm_peer("VENDORS", None, &env, pusher).await;
+        wait_port(port).await;
+        (reg, format!("https://127.0.0.1:{port}"))
+    }
+
     /// `http://host:port` of the realm peer.
     pub fn realm_origin(&self) -> String {
         self.token_server.as_deref().expect("a token-auth registry").trim_end_matches("/token").to_string()
