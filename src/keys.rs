@@ -37,6 +37,10 @@ pub const REVOCATION_FAILED: &str = "RevocationFailed";
 /// At most this many replaced keys wait for their grace; past it the
 /// oldest is revoked at once (rotations faster than the grace).
 const MAX_RETIRING: usize = 8;
+/// At most this many keys are revoked by one sweep; the rest wait for the
+/// next pass (a vendor listing thousands of keys with the prefix cannot
+/// hold a reconcile for long).
+const MAX_SWEPT_PER_PASS: usize = 16;
 /// A failed revocation is tried again after this long.
 const RETRY: Duration = Duration::minutes(1);
 /// The longest one call to the vendor may take here.
@@ -127,12 +131,15 @@ pub async fn tend(ctx: &Context, s: &Subject, who: &Minter<'_>, source: &Credent
             return Tended { next: Some(crate::schedule::add(now, RETRY)), status: st };
         }
     };
+    let mut partial = false;
     if sweep {
         let found = tokio::time::timeout(CALL_TIMEOUT, vendor.list(&rotate::key_prefix(uid))).await;
         match found {
             Ok(Ok(listed)) => {
-                let mut all = true;
-                for key in orphans(listed, st.as_ref(), secret_key) {
+                let found = orphans(listed, st.as_ref(), secret_key);
+                partial = found.len() > MAX_SWEPT_PER_PASS;
+                let mut all = !partial;
+                for key in found.into_iter().take(MAX_SWEPT_PER_PASS) {
                     let why = format!("Revoked key {} at {}: no Secret uses it (left by an interrupted rotation)", key.name, rotate::vendor_name(spec));
                     all &= revoke(ctx, s, &vendor, &key.id, why).await;
                 }
@@ -166,7 +173,13 @@ pub async fn tend(ctx: &Context, s: &Subject, who: &Minter<'_>, source: &Credent
         }
         k.retiring = kept;
     }
-    let next = next_revocation(st.as_ref()).or(sweep.then(|| crate::schedule::add(now, RETRY)).filter(|_| !ctx.swept.contains(uid)));
+    // A sweep cut at its cap goes on at once; a failed one after a while.
+    let again = if partial { Duration::seconds(1) } else { RETRY };
+    let unswept = (sweep && !ctx.swept.contains(uid)).then(|| crate::schedule::add(now, again));
+    let next = match (next_revocation(st.as_ref()), unswept) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
     Tended { status: st, next }
 }
 

@@ -321,6 +321,25 @@ async fn hostile_vendor_answers_fail_cleanly_and_leave_no_key() {
         assert!(operator.is_running(), "{mode}: the operator is still running");
     }
     fault(&reg, "create", "none", None).await;
+    // Forty keys with a credential's prefix that nothing uses: the sweep on
+    // start revokes at most 16 per pass and goes on until none is left,
+    // never touching the Secret's.
+    create_credential(&client, n, "swept", rotate(&reg, json!({"harbor": {"project": "library"}}), "harbor-admin")).await;
+    let cr = wait_ready(&client, n, "swept", "True", Some("Rotated"), Duration::from_secs(60)).await;
+    let prefix = key_prefix(&cr);
+    let url = format!("{}/_seed?vendor=harbor&prefix={prefix}orphan-&n=40", reg.realm_origin());
+    assert!(http().post(url).send().await.unwrap().status().is_success());
+    assert_eq!(live_keys(&reg, &prefix).await.len(), 41);
+    let current = key_annotation(&secrets.get("swept").await.unwrap()).unwrap();
+    operator.crash_and_restart();
+    wait_for(Duration::from_secs(60), "the orphans revoked", || async {
+        let live = live_keys(&reg, &prefix).await;
+        (live.len() == 1 && live[0]["id"] == json!(current)).then_some(())
+    })
+    .await;
+    assert_eq!(key_annotation(&secrets.get("swept").await.unwrap()).unwrap(), current, "the Secret's key is kept");
+    let events = event_messages(&client, n, cr.metadata.uid.as_deref().unwrap()).await;
+    assert!(events.iter().any(|e| e.contains("no Secret uses it")), "{events:?}");
 }
 
 #[tokio::test]

@@ -44,7 +44,7 @@ With TLS_PORT, TLS_CERT and TLS_KEY, the same APIs (and keys) are served
 over https on TLS_PORT as well.
 
 Test controls: ``GET /_keys`` (every key, without secrets), ``GET
-/_vendor_stats``, ``POST /_fault?op=create|list|delete|auth&mode=M[&hold=S]``
+/_vendor_stats``, ``POST /_seed?vendor=V&prefix=P&n=N`` (N unused keys), ``POST /_fault?op=create|list|delete|auth&mode=M[&hold=S]``
 with M one of none, 500, 503, 403, hang, huge, malformed, expired, noexpiry,
 created-then-hang (the key is made, the answer never comes).
 """
@@ -202,6 +202,13 @@ class Handler(realm.Handler):
         if path == "/_vendor_stats" and method == "GET":
             with lock:
                 return self.send(200, dict(vstats))
+        if path == "/_seed" and method == "POST":
+            # Keys nobody uses, named with a prefix (a sweep's work).
+            vendor, prefix, n = query["vendor"][0], query["prefix"][0], int(query["n"][0])
+            for i in range(n):
+                extra = {"full_name": f"robot$library+{prefix}{i}", "project": "library", "duration": 1} if vendor == "harbor" else {"owner": "projects/group/app", "access_level": 20}
+                self.created(vendor, f"{prefix}{i}", secrets.token_urlsafe(16), now() + 86400, ["pull"], extra)
+            return self.send(200, {"seeded": n})
         if path == "/_fault" and method == "POST":
             op, mode = query.get("op", [""])[0], query.get("mode", ["none"])[0]
             with lock:
