@@ -156,13 +156,14 @@ async fn reconcile_inner(cached: &RegistryCredential, ctx: &Context, slot: Optio
             Ok(Pass::Done(Action::requeue(schedule::requeue_after(now, schedule::add(now, schedule::BLOCKED_RECHECK)))))
         }
         Decision::WaitUntil(at) | Decision::BackOffUntil(at) => {
-            let at = revoke_next.map_or(at, |r| r.min(at));
             debug!(namespace = %s.labels.namespace, name = %s.labels.name, until = %at, "nothing to do yet");
             report::waiting(ctx, &s, &prev, &g.state, at);
             if matches!(&g.state, SecretState::Ours(o) if o.intact) {
                 Box::pin(sync_accounts(ctx, cr, &s, prev)).await?;
             }
-            Ok(Pass::Done(Action::requeue(schedule::requeue_after(now, at))))
+            // Back sooner when a replaced key is due for revocation.
+            let wake = revoke_next.map_or(at, |r| r.min(at));
+            Ok(Pass::Done(Action::requeue(schedule::requeue_after(now, wake))))
         }
         Decision::Mint(why) => {
             let work = crate::slots::Work::of(why, prev.last_rotation_time.is_some());
