@@ -250,7 +250,7 @@ pub async fn mint(
         }
         Err(e) => {
             if let Some(key) = &key {
-                discard(ctx, who, source_spec, policy, key).await;
+                discard(ctx, who, source_spec, key).await;
             }
             Err(e)
         }
@@ -261,10 +261,10 @@ pub async fn mint(
 /// write it, at once (bounded). When that fails, the key still carries
 /// the credential's name prefix and the pending mark in status: the next
 /// pass's sweep ([`crate::keys`]) revokes it.
-async fn discard(ctx: &Context, who: &Minter<'_>, source_spec: &CredentialSource, policy: Policy, key: &source::KeyRef) {
-    let cx = source_context(ctx, who, policy);
+async fn discard(ctx: &Context, who: &Minter<'_>, source_spec: &CredentialSource, key: &source::KeyRef) {
     let (ns, name) = who.key();
-    match tokio::time::timeout(Duration::from_secs(15), source::discard(source_spec, &cx, key)).await {
+    let revoked = async { source::discard(source_spec, &source_context_for(ctx, who, source_spec)?, key).await };
+    match tokio::time::timeout(Duration::from_secs(15), revoked).await {
         Ok(Ok(())) => tracing::info!(namespace = %ns, name = %name, key = %key.name, "revoked a new key the attempt could not use"),
         Ok(Err(e)) => tracing::warn!(namespace = %ns, name = %name, key = %key.name, error = %e, "revoking an unused key failed; the next sweep revokes it"),
         Err(_) => tracing::warn!(namespace = %ns, name = %name, key = %key.name, "revoking an unused key timed out; the next sweep revokes it"),
@@ -419,7 +419,9 @@ pub async fn attempt(ctx: &Context, req: &Request<'_>, target: &Target<'_>, slot
     let (ns, name) = req.who.key();
     let now = (ctx.now)();
     ctx.attempts.started(ns, name, now);
-    let minted = async {
+    // On failure: why, and the credential if one was minted (its key, if
+    // any, must not outlive the attempt).
+    let minted: Result<_, (SourceError, Option<Minted>)> = async {
         // Boxed: a reconcile waiting for its slot holds only a pointer to
         // the mint's state, not the state itself.
         let (minted, renewal) = Box::pin(mint(ctx, &req.who, req.source, req.renewal, now)).await.map_err(|e| (e, None))?;
@@ -428,7 +430,6 @@ pub async fn attempt(ctx: &Context, req: &Request<'_>, target: &Target<'_>, slot
             Ok(desired) => Ok((minted, renewal, desired)),
             Err(e) => Err((SourceError::InvalidResponse { endpoint: "source".into(), problem: e.to_string() }, Some(minted))),
         }
-        .map_err(|e: (SourceError, Option<Minted>)| e)
     }
     .await;
     // The slot bounds what is asked of sources; the write is the API server's.
@@ -470,9 +471,8 @@ pub async fn attempt(ctx: &Context, req: &Request<'_>, target: &Target<'_>, slot
 /// A credential that was minted and not written: its key, if a `rotate`
 /// source created one, is revoked.
 async fn unwritten(ctx: &Context, req: &Request<'_>, minted: &Minted) {
-    let Some(key) = &minted.key else { return };
-    if let Ok(policy) = policy(req.renewal, req.source, ctx.settings.min_mint_interval) {
-        discard(ctx, &req.who, req.source, policy, key).await;
+    if let Some(key) = &minted.key {
+        discard(ctx, &req.who, req.source, key).await;
     }
 }
 

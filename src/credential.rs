@@ -115,6 +115,8 @@ struct Gathered {
     meta: Option<ObjectMeta>,
     inputs: String,
     renew_request: Option<String>,
+    /// The vendor's id of the key our Secret holds (`rotate` sources).
+    key: Option<String>,
 }
 
 /// One pass: decide, and mint when due with the slot in hand. A credential
@@ -195,15 +197,18 @@ async fn tend_keys(ctx: &Context, cr: &RegistryCredential, s: &Subject, g: &Gath
         return Ok(None);
     }
     let (ns, name) = (cr.namespace().unwrap_or_default(), cr.name_any());
-    let who = Minter { refs_namespace: &ns, name: &name, cluster_scoped: false, seed: s.seed, secrets_dir: None, key_name: None };
-    let secret_key = g.existing.as_ref().filter(|x| secret::is_ours(x, cr)).and_then(secret::key_of);
     let uid = cr.metadata.uid.clone().unwrap_or_default();
-    let tended = crate::keys::tend(ctx, s, &who, &cr.spec.source, &uid, prev.key.as_ref(), secret_key.as_deref()).await;
+    let tended = crate::keys::tend(ctx, s, &minter(&ns, &name, s, None), &cr.spec.source, &uid, prev.key.as_ref(), g.key.as_deref()).await;
     if tended.status != prev.key {
         prev.key = tended.status;
         write_status(ctx, cr, prev).await?;
     }
     Ok(tended.next)
+}
+
+/// Who mints for this credential: its own namespace's Secrets, its name.
+fn minter<'a>(ns: &'a str, name: &'a str, s: &Subject, key_name: Option<&'a str>) -> Minter<'a> {
+    Minter { refs_namespace: ns, name, cluster_scoped: false, seed: s.seed, secrets_dir: None, key_name }
 }
 
 enum Fresh {
@@ -260,7 +265,7 @@ async fn finalize(ctx: &Context, cr: &RegistryCredential) -> Result<Option<Actio
     }
     if deleting && has_finalizer(cr) && keys {
         let (s, name) = (subject(cr), cr.name_any());
-        let who = Minter { refs_namespace: &ns, name: &name, cluster_scoped: false, seed: s.seed, secrets_dir: None, key_name: None };
+        let who = minter(&ns, &name, &s, None);
         let uid = cr.metadata.uid.clone().unwrap_or_default();
         crate::keys::on_delete(ctx, &s, &who, &cr.spec.source, &uid, cr.status.as_ref().and_then(|st| st.key.as_ref())).await;
     }
@@ -300,7 +305,8 @@ async fn gather(ctx: &Context, cr: &RegistryCredential) -> Result<Gathered, Erro
     let spec = format!("g{}", cr.metadata.generation.unwrap_or(0));
     let inputs = attempt::inputs(&spec, &cr.spec.source, &secrets, Some(&ctx.source_versions)).await?;
     let renew_request = api::pending_renew_request(&cr.metadata, cr.status.as_ref());
-    Ok(Gathered { state, existing, meta, inputs, renew_request })
+    let key = existing.as_ref().filter(|x| secret::is_ours(x, cr)).and_then(secret::key_of);
+    Ok(Gathered { state, existing, meta, inputs, renew_request, key })
 }
 
 /// The shared attempt for this credential's Secret, then the report and
@@ -323,7 +329,7 @@ async fn rotate(
     let ours = |x: &Secret| secret::is_ours(x, cr);
     let render = |m: &crate::source::Minted, r: schedule::Renewal| secret::desired(cr, m, &g.inputs, r.at);
     let target = Target { secrets: &secrets, name: &secret_name, existing: g.meta.clone(), ours: &ours, render: &render };
-    let who = Minter { refs_namespace: &ns, name: &name, cluster_scoped: false, seed: s.seed, secrets_dir: None, key_name };
+    let who = minter(&ns, &name, s, key_name);
     let req = Request { who, source: &cr.spec.source, renewal: &cr.spec.renewal };
     let (minted, renewal, written, now) = match attempt::attempt(ctx, &req, &target, slot).await? {
         Outcome::Rotated { minted, renewal, written, at } => (minted, renewal, written, at),
@@ -360,14 +366,9 @@ async fn after_rotation(
     let (ns, name) = (&s.labels.namespace, &s.labels.name);
     let mut st = report::rotated(ctx, s, &prev, &g.inputs, &minted, &renewal, now).await;
     let mut requeue_at = renewal.at;
-    if let (Some(spec), Some(key)) = (&cr.spec.source.rotate, &minted.key) {
-        let replaced = g.existing.as_ref().filter(|x| secret::is_ours(x, cr)).and_then(secret::key_of);
-        let keys = crate::keys::rotated(prev.key.as_ref(), key, minted.expires_at, replaced, crate::source::rotate::grace(spec), now);
-        requeue_at = keys.retiring.iter().map(|r| r.revoke_at).fold(requeue_at, |a, b| a.min(b));
+    if let Some((keys, revoke_at)) = crate::keys::after_rotation(ctx, s, &cr.spec.source, prev.key.as_ref(), &minted, g.key.clone(), now).await {
+        requeue_at = revoke_at.map_or(requeue_at, |r| r.min(requeue_at));
         st.key = Some(keys);
-        let until = minted.expires_at.map(|t| format!(", valid until {}", t.to_rfc3339())).unwrap_or_default();
-        let note = format!("Created key {} at {}{until}", key.name, crate::source::rotate::vendor_name(spec));
-        s.event(ctx, EventType::Normal, crate::keys::KEY_CREATED, note).await;
     }
     write_status(ctx, cr, &st).await?;
     let previous = g.existing.as_ref().filter(|x| secret::is_ours(x, cr)).and_then(secret::password_of);

@@ -27,13 +27,13 @@ use crate::attempt::{self, Minter};
 use crate::context::Context;
 use crate::metrics::RevocationLabels;
 use crate::report::Subject;
+use crate::status::reason::REVOCATION_FAILED;
 use crate::source::rotate::{self, Vendor};
 use crate::source::{KeyRef, SourceError};
 
-/// Event reasons.
+/// Event reasons (failures: `status::reason::REVOCATION_FAILED`).
 pub const KEY_CREATED: &str = "KeyCreated";
 pub const KEY_REVOKED: &str = "KeyRevoked";
-pub const REVOCATION_FAILED: &str = "RevocationFailed";
 /// At most this many replaced keys wait for their grace; past it the
 /// oldest is revoked at once (rotations faster than the grace).
 const MAX_RETIRING: usize = 8;
@@ -59,13 +59,24 @@ pub fn pending(prev: Option<&KeyStatus>, uid: &str, now: DateTime<Utc>) -> (Stri
 /// retires with `grace`. The pending mark is cleared.
 pub fn rotated(prev: Option<&KeyStatus>, key: &KeyRef, expires_at: Option<DateTime<Utc>>, replaced: Option<String>, grace: Duration, now: DateTime<Utc>) -> KeyStatus {
     let prev = prev.cloned().unwrap_or_default();
-    let old_name = prev.name.clone();
     let mut st = KeyStatus { id: Some(key.id.clone()), name: Some(key.name.clone()), expires_at, pending: None, retiring: prev.retiring };
-    if let Some(old) = replaced.or(prev.id).filter(|old| *old != key.id) {
-        let name = (prev.name.is_some()).then_some(old_name).flatten();
+    if let Some(old) = replaced.or(prev.id.clone()).filter(|old| *old != key.id) {
+        // Status knows the name only of the key it named.
+        let name = if prev.id.as_ref() == Some(&old) { prev.name } else { None };
         retire(&mut st, RetiringKey { id: old, name, revoke_at: crate::schedule::add(now, grace) }, now);
     }
     st
+}
+
+/// After a rotation that wrote a key (both the status and the Event):
+/// the key status, and when the key it replaced is due for revocation.
+pub async fn after_rotation(ctx: &Context, s: &Subject, source: &CredentialSource, prev: Option<&KeyStatus>, minted: &crate::source::Minted, replaced: Option<String>, now: DateTime<Utc>) -> Option<(KeyStatus, Option<DateTime<Utc>>)> {
+    let (spec, key) = (source.rotate.as_ref()?, minted.key.as_ref()?);
+    let st = rotated(prev, key, minted.expires_at, replaced, rotate::grace(spec), now);
+    let until = minted.expires_at.map(|t| format!(", valid until {}", t.to_rfc3339())).unwrap_or_default();
+    s.event(ctx, EventType::Normal, KEY_CREATED, format!("Created key {} at {}{until}", key.name, rotate::vendor_name(spec))).await;
+    let next = next_revocation(Some(&st));
+    Some((st, next))
 }
 
 fn retire(st: &mut KeyStatus, key: RetiringKey, now: DateTime<Utc>) {

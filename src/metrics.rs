@@ -113,7 +113,7 @@ impl Default for Metrics {
         registry.register("rotations", "Secrets written with a new credential", m.rotations.clone());
         registry.register("mint_failures", "Failed attempts to mint, by reason", m.failures.clone());
         registry.register("mints", "Credentials minted, by source kind", m.mints.clone());
-        registry.register("revocations", "Token revocations (RFC 7009), by result", m.revocations.clone());
+        registry.register("revocations", "Revocations of replaced tokens (RFC 7009) and registry keys (rotate), by result", m.revocations.clone());
         registry.register(
             "pod_restarts",
             "Pods stuck pulling that regcred restarted after writing a new credential (restartStuckPods), by result",

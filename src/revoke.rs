@@ -127,7 +127,7 @@ impl RevokeTask {
             None => ("revoked", EventType::Normal, "Revoked", "Revoked the previous token (RFC 7009)".to_string()),
             Some(e) => {
                 warn!(namespace = %namespace, name = %name, error = %e, "revoking a token failed");
-                ("failed", EventType::Warning, "RevocationFailed", format!("Revoking a token failed: {e}"))
+                ("failed", EventType::Warning, crate::status::reason::REVOCATION_FAILED, format!("Revoking a token failed: {e}"))
             }
         };
         self.metrics.revocations.get_or_create(&RevocationLabels { namespace, name, result: result.into() }).inc();

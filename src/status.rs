@@ -20,6 +20,8 @@ pub mod reason {
     pub const MINT_FAILED: &str = "MintFailed";
     /// Credentials live too short to be renewed safely.
     pub const LIFETIME_TOO_SHORT: &str = "LifetimeTooShort";
+    /// Revoking a replaced token (RFC 7009) or a registry key (`rotate`) failed.
+    pub const REVOCATION_FAILED: &str = "RevocationFailed";
     /// Every reason a failure metric can carry (the source categories and
     /// the two above), so a deleted credential's series can all be removed.
     pub const FAILURES: &[&str] = &[

@@ -19,7 +19,7 @@ use super::http::Scalar;
 use super::httpclient::{self, checked_url, endpoint_of, Client};
 use super::reader::take_key;
 use super::{parse_duration, KeyRef, MintFuture, Minted, SourceContext, SourceError, TokenSource};
-use crate::api::{DockerHubScope, GitLabScope, HarborAction, HttpClientSettings, RotateSource};
+use crate::api::{DockerHubKeys, DockerHubScope, GitLabKeys, GitLabScope, HarborAction, HarborKeys, HttpClientSettings, RotateSource};
 
 /// Docker Hub's registry key in `.dockerconfigjson`.
 pub const DOCKER_HUB_REGISTRY: &str = "https://index.docker.io/v1/";
@@ -204,41 +204,48 @@ impl Vendor {
     /// Create a key named `name` living `lifetime` from `now`.
     pub async fn create(&self, name: &str, now: DateTime<Utc>) -> Result<Created, SourceError> {
         let lifetime = lifetime(&self.spec)?;
-        if let Some(hub) = &self.spec.docker_hub {
-            let Admin::DockerHub { username, .. } = &self.admin else { unreachable_admin()? };
-            let scopes: Vec<&str> = if hub.scopes.is_empty() { vec!["repo:read"] } else { hub.scopes.iter().map(hub_scope).collect() };
-            let expires = now + lifetime;
-            let body = serde_json::json!({"token_label": name, "scopes": scopes, "expires_at": expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)});
-            let url = self.url("/v2/access-tokens");
-            let created: HubToken = self.post(&url, body).await?;
-            let key = KeyRef { id: id_of(&url, created.uuid)?, name: name.to_string() };
-            let expires_at = match created.expires_at {
-                Some(Scalar::Text(t)) => DateTime::parse_from_rfc3339(&t).map(|t| t.with_timezone(&Utc)).map_err(|_| invalid(&url, "expires_at is not an RFC 3339 time"))?,
-                _ => return Err(invalid(&url, "the token has no expiry")),
-            };
-            return Ok(Created { key, username: username.clone(), secret: secret_of(&url, created.token)?, expires_at });
+        match (&self.spec.docker_hub, &self.spec.harbor, &self.spec.gitlab, &self.admin) {
+            (Some(hub), _, _, Admin::DockerHub { username, .. }) => self.create_hub(hub, username, name, now + lifetime).await,
+            (None, Some(h), _, Admin::Harbor { .. }) => self.create_harbor(h, name, whole_days(lifetime)).await,
+            (None, None, Some(g), Admin::GitLab { .. }) => self.create_gitlab(g, name, gitlab_expiry(now, lifetime)).await,
+            _ => Err(SourceError::InvalidSpec { field: "spec.source.rotate", problem: "set exactly one of dockerHub, harbor or gitlab".into() }),
         }
-        if let Some(h) = &self.spec.harbor {
-            let days = whole_days(lifetime);
-            let actions: Vec<&str> = if h.actions.is_empty() { vec!["pull"] } else { h.actions.iter().map(harbor_action).collect() };
-            let access: Vec<_> = actions.iter().map(|a| serde_json::json!({"resource": "repository", "action": a})).collect();
-            let body = serde_json::json!({
-                "name": name, "description": "pull key created by regcred", "duration": days, "level": "project", "disable": false,
-                "permissions": [{"kind": "project", "namespace": h.project, "access": access}],
-            });
-            let url = self.url("/api/v2.0/robots");
-            let created: HarborRobot = self.post(&url, body).await?;
-            let full = text_of(&url, created.name, "name")?;
-            let key = KeyRef { id: id_of(&url, created.id)?, name: name.to_string() };
-            let expires_at = match created.expires_at.as_ref().and_then(as_int) {
-                Some(s) if s > 0 => DateTime::from_timestamp(s, 0).ok_or_else(|| invalid(&url, "expires_at is out of range"))?,
-                _ => return Err(invalid(&url, "the robot has no expiry")),
-            };
-            return Ok(Created { key, username: full, secret: secret_of(&url, created.secret)?, expires_at });
-        }
-        let g = self.spec.gitlab.as_ref().ok_or_else(|| SourceError::InvalidSpec { field: "spec.source.rotate", problem: "no vendor is set".into() })?;
+    }
+
+    async fn create_hub(&self, hub: &DockerHubKeys, username: &str, name: &str, expires: DateTime<Utc>) -> Result<Created, SourceError> {
+        let scopes: Vec<&str> = if hub.scopes.is_empty() { vec!["repo:read"] } else { hub.scopes.iter().map(hub_scope).collect() };
+        let body = serde_json::json!({"token_label": name, "scopes": scopes, "expires_at": expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)});
+        let url = self.url("/v2/access-tokens");
+        let created: HubToken = self.post(&url, body).await?;
+        let key = KeyRef { id: id_of(&url, created.uuid)?, name: name.to_string() };
+        let expires_at = match created.expires_at {
+            Some(Scalar::Text(t)) => DateTime::parse_from_rfc3339(&t).map(|t| t.with_timezone(&Utc)).map_err(|_| invalid(&url, "expires_at is not an RFC 3339 time"))?,
+            _ => return Err(invalid(&url, "the token has no expiry")),
+        };
+        // The pull username is the account's.
+        Ok(Created { key, username: username.to_string(), secret: secret_of(&url, created.token)?, expires_at })
+    }
+
+    async fn create_harbor(&self, h: &HarborKeys, name: &str, days: i64) -> Result<Created, SourceError> {
+        let actions: Vec<&str> = if h.actions.is_empty() { vec!["pull"] } else { h.actions.iter().map(harbor_action).collect() };
+        let access: Vec<_> = actions.iter().map(|a| serde_json::json!({"resource": "repository", "action": a})).collect();
+        let body = serde_json::json!({
+            "name": name, "description": "pull key created by regcred", "duration": days, "level": "project", "disable": false,
+            "permissions": [{"kind": "project", "namespace": h.project, "access": access}],
+        });
+        let url = self.url("/api/v2.0/robots");
+        let created: HarborRobot = self.post(&url, body).await?;
+        let key = KeyRef { id: id_of(&url, created.id)?, name: name.to_string() };
+        let expires_at = match created.expires_at.as_ref().and_then(as_int) {
+            Some(s) if s > 0 => DateTime::from_timestamp(s, 0).ok_or_else(|| invalid(&url, "expires_at is out of range"))?,
+            _ => return Err(invalid(&url, "the robot has no expiry")),
+        };
+        // The pull username is the robot's full name, `robot$<project>+<name>`.
+        Ok(Created { key, username: text_of(&url, created.name, "name")?, secret: secret_of(&url, created.secret)?, expires_at })
+    }
+
+    async fn create_gitlab(&self, g: &GitLabKeys, name: &str, date: NaiveDate) -> Result<Created, SourceError> {
         let scopes: Vec<&str> = if g.scopes.is_empty() { vec!["read_registry"] } else { g.scopes.iter().map(gitlab_scope).collect() };
-        let date = gitlab_expiry(now, lifetime);
         let body = serde_json::json!({"name": name, "scopes": scopes, "expires_at": date.to_string(), "access_level": g.access_level.unwrap_or(20)});
         let url = self.gitlab_tokens()?;
         let created: GitLabToken = self.post(&url, body).await?;
@@ -354,10 +361,6 @@ impl Vendor {
             _ => Err(httpclient::status_error(&endpoint, &resp)),
         }
     }
-}
-
-fn unreachable_admin<T>() -> Result<T, SourceError> {
-    Err(SourceError::InvalidSpec { field: "spec.source.rotate", problem: "the admin credential does not match the vendor".into() })
 }
 
 fn hub_scope(s: &DockerHubScope) -> &'static str {
@@ -501,12 +504,9 @@ impl Rotate {
             let problem = "keys are created by the operator for a RegistryCredential only, which records each one in its status (not by a ClusterRegistryCredential or `regcred mint`)";
             return Err(SourceError::InvalidSpec { field: "spec.source.rotate", problem: problem.into() });
         }
-        let registries = registries(&spec);
-        if registries.is_empty() {
+        if registries(&spec).is_empty() {
             return Err(SourceError::InvalidSpec { field: "spec.source.rotate.registries", problem: "name at least one registry".into() });
         }
-        lifetime(&spec)?;
-        api_url(&spec)?;
         Ok(Self { spec, cx })
     }
 }

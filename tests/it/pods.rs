@@ -28,6 +28,14 @@ async fn ecr_app_registry(account: &str) -> (Registry, String) {
     (reg, image)
 }
 
+/// An htpasswd registry holding the runnable test image, trusted by the node.
+async fn trusted_registry(node: &Node, user: &str, password: &str) -> (Registry, String) {
+    let reg = Registry::htpasswd(&[(user, password)]).await;
+    let image = reg.push_app_image("app", user, password);
+    node.trust(&reg);
+    (reg, image)
+}
+
 async fn pod_uid(client: &Client, ns: &str, name: &str) -> Option<String> {
     Api::<Pod>::namespaced(client.clone(), ns).get_opt(name).await.unwrap().and_then(|p| p.metadata.uid)
 }
@@ -177,9 +185,7 @@ async fn a_pod_pulls_through_the_service_account_a_cluster_credential_patched() 
     let home = namespace(&client, "pods-fleet-home").await;
     let suite = format!("pods-fleet-{}", std::process::id());
     let label = format!("pods-fleet-{}", std::process::id());
-    let reg = Registry::htpasswd(&[("carol", "carol-pw-4d4d4d")]).await;
-    let image = reg.push_app_image("app", "carol", "carol-pw-4d4d4d");
-    node.trust(&reg);
+    let (reg, image) = trusted_registry(&node, "carol", "carol-pw-4d4d4d").await;
     let operator = fleet_operator(&home.name, &suite, &[], &[]);
     create_secret(&client, &home.name, "carol", json!({"username": "carol", "password": "carol-pw-4d4d4d"})).await;
     let mut made = Namespaces(Vec::new());
@@ -246,9 +252,7 @@ async fn stuck_pods_are_restarted_when_the_source_comes_back() {
     let Some(node) = node() else { return };
     let (client, ns) = setup("pods-remedy").await;
     let n = &ns.name;
-    let reg = Registry::htpasswd(&[("dave", "dave-pw-8e8e8e")]).await;
-    let image = reg.push_app_image("app", "dave", "dave-pw-8e8e8e");
-    node.trust(&reg);
+    let (reg, image) = trusted_registry(&node, "dave", "dave-pw-8e8e8e").await;
     let operator = Operator::start_with(n, &["--restart-stuck-pods"], &[]);
     // The source Secret does not exist yet: the source fails, no pull Secret.
     let source = json!({"basic": {"secretRef": {"name": "dave"}, "registries": [reg.host], "allowInsecureHTTP": true}});
@@ -367,9 +371,7 @@ async fn the_kubelets_messages_tell_a_missing_image_from_a_refused_pull() {
     let Some(node) = node() else { return };
     let (client, ns) = setup("pods-missing").await;
     let n = &ns.name;
-    let reg = Registry::htpasswd(&[("erin", "erin-pw-6b6b6b")]).await;
-    let image = reg.push_app_image("app", "erin", "erin-pw-6b6b6b");
-    node.trust(&reg);
+    let (reg, image) = trusted_registry(&node, "erin", "erin-pw-6b6b6b").await;
     pull_secret(&client, n, "good", &reg.host, "erin", "erin-pw-6b6b6b").await;
     pull_secret(&client, n, "bad", &reg.host, "erin", "not-erins-password").await;
     let cases = [

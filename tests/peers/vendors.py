@@ -245,6 +245,21 @@ class Handler(realm.Handler):
 
     # ---------------------------------------------------------------- creation
 
+    def creation(self, who, error):
+        """The body of a create request; None once answered (an injected
+        fault, a caller that may not create keys, a body that is not JSON).
+        `error(message)` is the vendor's error shape."""
+        if self.fault("create"):
+            return None
+        if who != "admin":
+            self.send(403, error("forbidden"))
+            return None
+        b = self.body()
+        if not isinstance(b, dict):
+            self.send(400, error("invalid JSON"))
+            return None
+        return b
+
     def created(self, vendor, name, secret, expires, scopes, extra):
         with lock:
             kid = str(next_id[0])
@@ -301,13 +316,9 @@ class Handler(realm.Handler):
         if not who:
             return self.unauthorized()
         if method == "POST" and path == "/v2/access-tokens":
-            if self.fault("create"):
+            b = self.creation(who, lambda m: {"detail": m})
+            if b is None:
                 return
-            if who != "admin":
-                return self.send(403, {"detail": "forbidden"})
-            b = self.body()
-            if not isinstance(b, dict):
-                return self.send(400, {"detail": "invalid JSON"})
             label, scopes = b.get("token_label"), b.get("scopes")
             if not isinstance(label, str) or not 1 <= len(label) <= 100:
                 return self.send(400, {"detail": "token_label must be 1-100 characters"})
@@ -354,13 +365,9 @@ class Handler(realm.Handler):
                 return self.send(404, {"errors": [{"code": "NOT_FOUND", "message": "project not found"}]})
             return self.send(200, {"project_id": HARBOR_PROJECTS[name], "name": name})
         if method == "POST" and path == "/api/v2.0/robots":
-            if self.fault("create"):
+            b = self.creation(who, lambda m: {"errors": [{"code": "FORBIDDEN" if m == "forbidden" else "BAD_REQUEST", "message": m}]})
+            if b is None:
                 return
-            if who != "admin":
-                return self.send(403, {"errors": [{"code": "FORBIDDEN", "message": "forbidden"}]})
-            b = self.body()
-            if not isinstance(b, dict):
-                return self.send(400, {"errors": [{"code": "BAD_REQUEST", "message": "invalid JSON"}]})
             name, duration, perms = b.get("name"), b.get("duration"), b.get("permissions")
             if not isinstance(name, str) or not HARBOR_NAME.match(name) or len(name) > 255:
                 return self.send(400, {"errors": [{"code": "BAD_REQUEST", "message": "invalid robot name"}]})
@@ -430,13 +437,9 @@ class Handler(realm.Handler):
             return self.send(404, {"message": "404 Project Not Found"})
         owner = f"{kind}/{table[ident]}"
         if method == "POST" and not token_id:
-            if self.fault("create"):
+            b = self.creation(who, lambda m: {"message": "403 Forbidden" if m == "forbidden" else m})
+            if b is None:
                 return
-            if who != "admin":
-                return self.send(403, {"message": "403 Forbidden"})
-            b = self.body()
-            if not isinstance(b, dict):
-                return self.send(400, {"message": "invalid JSON"})
             name, scopes, exp, level = b.get("name"), b.get("scopes"), b.get("expires_at"), b.get("access_level", 40)
             if not isinstance(name, str) or not name:
                 return self.send(400, {"message": "name is missing"})
