@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use crate::events::{Event, Recorder, Type as EventType};
 use kube::Client;
 use tokio::sync::Semaphore;
 use tracing::warn;
@@ -139,7 +139,7 @@ impl Drop for InFlight {
 /// Shared state of all reconciles.
 pub struct Context {
     pub client: Client,
-    pub recorder: Recorder,
+    pub recorder: Arc<Recorder>,
     pub metrics: Arc<Metrics>,
     pub ecr: EcrMinter,
     pub now: fn() -> DateTime<Utc>,
@@ -168,9 +168,8 @@ pub struct Context {
 
 impl Context {
     pub fn new(client: Client, settings: &Settings, metrics: Arc<Metrics>, progress: Arc<Progress>) -> Self {
-        let reporter = Reporter { controller: "regcred".into(), instance: Some(settings.instance.clone()) };
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            recorder: Arc::new(Recorder::new(client.clone(), "regcred", &settings.instance)),
             ecr: EcrMinter::new(client.clone(), settings.ecr.clone()),
             client,
             slots: Arc::new(crate::slots::Slots::new(settings.limits(), metrics.clone())),
@@ -290,14 +289,8 @@ pub async fn publish_to(
     reason: &str,
     note: Option<String>,
 ) {
-    let ev = Event {
-        type_,
-        reason: reason.into(),
-        note: note.map(|n| n.chars().take(1000).collect()),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&ev, about).await {
+    let ev = Event { type_, reason, action: "Reconcile", note: note.unwrap_or_default() };
+    if let Err(e) = ctx.recorder.publish(ev, about).await {
         warn!(error = %crate::source::summarize_kube_error(&e), "publishing an Event failed");
     }
 }

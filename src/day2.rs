@@ -29,12 +29,15 @@ pub enum CliError {
     Failed(String),
     #[error("{0}")]
     Cluster(String),
+    #[error("{0}")]
+    Usage(String),
 }
 
 impl CliError {
     pub fn exit_code(&self) -> i32 {
         match self {
             Self::Failed(_) => 1,
+            Self::Usage(_) => 2,
             Self::Cluster(_) => 3,
         }
     }
@@ -71,17 +74,31 @@ pub struct RenewArgs {
 /// than its least interval between mints) and records the value in status.
 pub async fn renew(args: RenewArgs) -> Result<(), CliError> {
     if args.names.is_empty() && !args.all {
-        return Err(CliError::Failed("name one or more credentials, or use --all".into()));
+        return Err(CliError::Usage("name one or more credentials, or use --all (see regcred renew --help)".into()));
+    }
+    if args.all && !args.names.is_empty() {
+        return Err(CliError::Usage("name credentials or use --all, not both".into()));
     }
     let client = client().await?;
     let stamp = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     let patch = Patch::Merge(serde_json::json!({"metadata": {"annotations": {api::RENEW_ANNOTATION: stamp}}}));
     let pp = PatchParams::default();
     if args.cluster {
+        let client_ns = args.namespace.clone().unwrap_or_else(|| client.default_namespace().to_string());
+        let api_client = client.clone();
         let api: Api<ClusterRegistryCredential> = Api::all(client);
         let names = if args.all { api.list(&ListParams::default()).await.map_err(cluster("listing"))?.items.iter().map(|c| c.name_any()).collect() } else { args.names };
         for name in names {
-            api.patch(&name, &pp, &patch).await.map_err(|e| not_found_or(e, &format!("clusterregistrycredential/{name}")))?;
+            if let Err(e) = api.patch(&name, &pp, &patch).await {
+                let mut err = not_found_or(e, &format!("clusterregistrycredential/{name}"));
+                if matches!(err, CliError::Failed(_)) {
+                    let ns = client_ns.clone();
+                    if Api::<RegistryCredential>::namespaced(api_client.clone(), &ns).get_metadata_opt(&name).await.ok().flatten().is_some() {
+                        err = CliError::Failed(format!("{err}; a RegistryCredential {name} exists in namespace {ns}: leave out --cluster"));
+                    }
+                }
+                return Err(err);
+            }
             println!("clusterregistrycredential/{name} renewal requested");
         }
         return Ok(());
@@ -95,7 +112,13 @@ pub async fn renew(args: RenewArgs) -> Result<(), CliError> {
     };
     for (ns, name) in targets {
         let api: Api<RegistryCredential> = Api::namespaced(client.clone(), &ns);
-        api.patch(&name, &pp, &patch).await.map_err(|e| not_found_or(e, &format!("registrycredential/{name} in namespace {ns}")))?;
+        if let Err(e) = api.patch(&name, &pp, &patch).await {
+            let mut err = not_found_or(e, &format!("registrycredential/{name} in namespace {ns}"));
+            if matches!(err, CliError::Failed(_)) && Api::<ClusterRegistryCredential>::all(client.clone()).get_metadata_opt(&name).await.ok().flatten().is_some() {
+                err = CliError::Failed(format!("{err}; a ClusterRegistryCredential {name} exists: add --cluster"));
+            }
+            return Err(err);
+        }
         println!("registrycredential/{name} ({ns}) renewal requested");
     }
     Ok(())
@@ -141,7 +164,19 @@ pub struct Row {
     pub registries: Vec<String>,
     pub not_after: Option<DateTime<Utc>>,
     pub renewal_time: Option<DateTime<Utc>>,
+    /// When a credential was last written; `None`: none yet.
+    pub last_rotation_time: Option<DateTime<Utc>>,
     pub failed_attempts: i32,
+}
+
+impl Row {
+    /// `never` for a credential that does not expire, `-` before there is one.
+    fn expires_in(&self, now: DateTime<Utc>) -> String {
+        match (self.not_after, self.last_rotation_time) {
+            (None, Some(_)) => "never".into(),
+            (t, _) => until(now, t),
+        }
+    }
 }
 
 fn row(namespace: String, name: String, st: Option<&api::RegistryCredentialStatus>) -> Row {
@@ -154,15 +189,24 @@ fn row(namespace: String, name: String, st: Option<&api::RegistryCredentialStatu
         registries: st.map(|s| s.registries.clone()).unwrap_or_default(),
         not_after: st.and_then(|s| s.not_after),
         renewal_time: st.and_then(|s| s.renewal_time),
+        last_rotation_time: st.and_then(|s| s.last_rotation_time),
         failed_attempts: st.map(|s| s.failed_attempts).unwrap_or_default(),
     }
 }
 
-/// Most urgent first: no credential at all, then soonest expiry; among
-/// equals, not Ready before Ready, then by name.
+/// Most urgent first: no credential yet, then the soonest expiry, then
+/// credentials that never expire; among equals, not Ready before Ready, then
+/// by namespace and name.
 pub fn sort_by_urgency(rows: &mut [Row]) {
     rows.sort_by(|a, b| {
-        let key = |r: &Row| (r.not_after.map(|t| t.timestamp()).unwrap_or(i64::MIN), r.ready == "True", r.namespace.clone(), r.name.clone());
+        let key = |r: &Row| {
+            let group = match (r.not_after, r.last_rotation_time) {
+                (None, None) => (0, 0),
+                (Some(t), _) => (1, t.timestamp()),
+                (None, Some(_)) => (2, 0),
+            };
+            (group, r.ready == "True", r.namespace.clone(), r.name.clone())
+        };
         key(a).cmp(&key(b))
     });
 }
@@ -191,7 +235,7 @@ pub fn table(rows: &[Row], now: DateTime<Utc>) -> String {
             r.ready.clone(),
             r.reason.clone(),
             if r.registries.is_empty() { "-".into() } else { r.registries.join(",") },
-            until(now, r.not_after),
+            r.expires_in(now),
             until(now, r.renewal_time),
             r.failed_attempts.to_string(),
         ]);
@@ -377,7 +421,13 @@ pub async fn mint(args: MintArgs) -> Result<(), CliError> {
     };
     let cr: RegistryCredential = serde_yaml::from_str(&text).map_err(|e| CliError::Failed(format!("{} is not a RegistryCredential: {e}", args.file.display())))?;
     let client = match (&args.secrets_dir, client().await) {
-        (_, Ok(c)) => c,
+        (None, Ok(c)) => {
+            // Secrets come from the cluster: a cluster that cannot be
+            // reached is exit code 3, not a failed mint.
+            c.apiserver_version().await.map_err(cluster("reaching the API server"))?;
+            c
+        }
+        (Some(_), Ok(c)) => c,
         // Secrets from files: no cluster needed.
         (Some(_), Err(_)) => Client::try_from(kube::Config::new("http://127.0.0.1:1".parse().expect("a URI"))).map_err(|e| CliError::Failed(e.to_string()))?,
         (None, Err(e)) => return Err(e),
@@ -406,8 +456,7 @@ pub async fn mint(args: MintArgs) -> Result<(), CliError> {
         .await
         .map_err(|e| CliError::Failed(format!("{}: {e}", e.category())))?;
     for e in &minted.entries {
-        let len = secrecy::ExposeSecret::expose_secret(&e.password).len();
-        println!("registry {}  username {}  password <redacted, {len} characters>", e.registry, e.username);
+        println!("registry {}  username {}  password <redacted>", e.registry, e.username);
     }
     let at = |t: Option<DateTime<Utc>>| t.map(|t| format!("{} (in {})", t.to_rfc3339(), until(now, Some(t)))).unwrap_or_else(|| "never".into());
     println!("expires  {}", at(minted.expires_at));
@@ -440,21 +489,34 @@ mod tests {
 
     #[test]
     fn urgency_order() {
-        let r = |name: &str, na: Option<i64>, ready: &str| Row {
+        // (name, expiry, written, ready)
+        let r = |name: &str, na: Option<i64>, written: bool, ready: &str| Row {
             namespace: "ns".into(),
             name: name.into(),
             ready: ready.into(),
-            reason: String::new(),
+            reason: "Rotated".into(),
             registries: vec![],
             not_after: na.map(t),
             renewal_time: None,
+            last_rotation_time: written.then(|| t(-100)),
             failed_attempts: 0,
         };
-        let mut rows = vec![r("later", Some(500), "True"), r("never", None, "False"), r("soon", Some(10), "True"), r("soon-bad", Some(10), "False")];
+        let mut rows = vec![
+            r("static", None, true, "True"),
+            r("later", Some(500), true, "True"),
+            r("static-bad", None, true, "False"),
+            r("none-yet", None, false, "False"),
+            r("soon", Some(10), true, "True"),
+            r("soon-bad", Some(10), true, "False"),
+        ];
         sort_by_urgency(&mut rows);
         let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
-        assert_eq!(names, ["never", "soon-bad", "soon", "later"]);
-        assert!(table(&rows, t(0)).lines().nth(1).unwrap().starts_with("ns         never"));
+        // The one expiring in 10 s comes before the one in 500 s, and a
+        // credential that never expires after both.
+        assert_eq!(names, ["none-yet", "soon-bad", "soon", "later", "static-bad", "static"]);
+        let table = table(&rows, t(0));
+        let expires: Vec<&str> = table.lines().skip(1).map(|l| l.split_whitespace().nth(5).unwrap()).collect();
+        assert_eq!(expires, ["-", "10s", "10s", "8m20s", "never", "never"]);
     }
 
     #[test]

@@ -19,7 +19,7 @@
 //! does not know; the key status named retires then.
 
 use chrono::{DateTime, Duration, Utc};
-use kube::runtime::events::EventType;
+use crate::events::Type as EventType;
 use tracing::{info, warn};
 
 use crate::api::{CredentialSource, KeyStatus, RetiringKey};

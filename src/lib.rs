@@ -8,7 +8,8 @@
 //!    `secret` (rendering and writing the pull Secret), `status` (status
 //!    values), `memo` (what regcred remembers of its own writes and
 //!    attempts), `metrics`, `slots` (the fair queue every attempt waits
-//!    in: limits per namespace and origin, renewals first), `telemetry`,
+//!    in: limits per namespace and origin, renewals first), `events`
+//!    (publishing Events, a new one when the note changes), `telemetry`,
 //!    `crdgen`.
 //! 2. `context`: settings, the shared state of every reconcile, deadlines,
 //!    the panic backstop, Events.
@@ -34,6 +35,7 @@ pub mod crdgen;
 pub mod credential;
 pub mod day2;
 pub mod egress;
+pub mod events;
 pub mod finalizer;
 pub mod fleet;
 pub mod http;

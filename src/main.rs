@@ -31,6 +31,10 @@ fn main() -> anyhow::Result<()> {
 
 /// Run a day-2 command: one line on stderr and its exit code when it fails.
 fn day2(f: impl std::future::Future<Output = Result<(), regcred::day2::CliError>>) {
+    if let Err(e) = regcred::source::httpclient::trust_ssl_cert_file() {
+        eprintln!("regcred: {e}");
+        std::process::exit(2);
+    }
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -91,6 +95,10 @@ async fn run_controller(
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     regcred::telemetry::init(args.log_format, &args.log_level);
+    match regcred::source::httpclient::trust_ssl_cert_file().context("SSL_CERT_FILE")? {
+        0 => {}
+        n => info!(certificates = n, "trusting the CA certificates of SSL_CERT_FILE besides the public roots"),
+    }
     let shutdown = shutdown_signal()?;
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(Health::default());
@@ -110,7 +118,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let progress = Arc::new(Progress::new(settings.reconcile_timeout() + std::time::Duration::from_secs(30)));
     health.watch(progress.clone());
 
+    let selector = args.selector.as_deref().map(|s| format!(" labelled {s}")).unwrap_or_default();
+    match &args.watch_namespace {
+        Some(ns) => info!(
+            "watching RegistryCredentials{selector} in namespace {ns} only (--watch-namespace); credentials elsewhere, and ClusterRegistryCredentials, are left alone"
+        ),
+        None => info!("watching RegistryCredentials{selector} in every namespace, and ClusterRegistryCredentials{selector}"),
+    }
     if !args.leader_elect {
+        // No election: this replica is the one reconciling.
+        metrics.leader.set(1);
         run_controller(client, settings, metrics, progress, wait_true(shutdown.clone()), shutdown).await;
         info!("regcred stopped");
         return Ok(());

@@ -124,7 +124,7 @@ impl Default for Metrics {
             "Time spent in one reconcile",
             m.reconcile_duration.clone(),
         );
-        registry.register("leader", "1 while this replica holds the leader lease", m.leader.clone());
+        registry.register("leader", "1 while this replica reconciles: it holds the leader lease, or runs without --leader-elect", m.leader.clone());
         registry.register("attempts_in_flight", "Attempts asking their source now, by source kind", m.attempts_in_flight.clone());
         registry.register("attempts_waiting", "Attempts waiting for a slot (see --origin-concurrency), by source kind", m.attempts_waiting.clone());
         registry.register(

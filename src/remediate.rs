@@ -26,7 +26,7 @@ use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, EvictParams, ListParams};
-use kube::runtime::events::EventType;
+use crate::events::Type as EventType;
 use kube::Resource;
 use tracing::{info, warn};
 

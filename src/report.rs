@@ -6,7 +6,7 @@
 
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::runtime::events::EventType;
+use crate::events::Type as EventType;
 use tracing::{info, warn};
 
 use crate::api::{Condition, RegistryCredentialStatus, READY};
@@ -68,8 +68,8 @@ pub async fn rotated(
         // Said once, when it starts; the rotations it causes are not Events.
         Some(note) if !was_short => s.event(ctx, EventType::Warning, reason::LIFETIME_TOO_SHORT, note).await,
         Some(_) => {}
-        // The note stays true when the recorder folds repeats into one
-        // series under the first note: no expiry here (status has it).
+        // The same note every time, so rotations count up one series
+        // rather than add an Event each: no expiry here (status has it).
         None => s.event(ctx, EventType::Normal, reason::ROTATED, format!("Wrote a new credential to Secret {}", s.secret_name)).await,
     }
     info!(namespace = %l.namespace, name = %l.name, renewal = %renewal.at, not_after = ?minted.expires_at, "rotated");

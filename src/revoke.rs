@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::runtime::events::{Event, EventType, Recorder};
+use crate::events::{Event, Recorder, Type as EventType};
 use secrecy::SecretString;
 use tracing::warn;
 
@@ -26,7 +26,7 @@ pub struct RevokeTask {
     secrets: SecretReader,
     net: NetPolicy,
     metrics: Arc<Metrics>,
-    recorder: Recorder,
+    recorder: Arc<Recorder>,
     about: ObjectReference,
     /// (namespace, "" when cluster-scoped; name), for metric labels.
     labels: (String, String),
@@ -131,8 +131,8 @@ impl RevokeTask {
             }
         };
         self.metrics.revocations.get_or_create(&RevocationLabels { namespace, name, result: result.into() }).inc();
-        let ev = Event { type_, reason: reason.into(), note: Some(note.chars().take(1000).collect()), action: "Revoke".into(), secondary: None };
-        if let Err(e) = self.recorder.publish(&ev, &self.about).await {
+        let ev = Event { type_, reason, action: "Revoke", note };
+        if let Err(e) = self.recorder.publish(ev, &self.about).await {
             warn!(error = %crate::source::summarize_kube_error(&e), "publishing an Event failed");
         }
     }

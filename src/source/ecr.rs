@@ -286,6 +286,19 @@ impl EcrSource {
         )
     }
 
+    /// The endpoint each service is asked at, for messages.
+    fn sts_endpoint(&self) -> String {
+        self.spec.sts_endpoint.clone().unwrap_or_else(|| format!("https://sts.{}.amazonaws.com", self.region()))
+    }
+
+    fn ecr_endpoint(&self) -> String {
+        match (&self.spec.endpoint, self.spec.public == Some(true)) {
+            (Some(e), _) => e.clone(),
+            (None, true) => format!("https://api.ecr-public.{ECR_PUBLIC_REGION}.amazonaws.com"),
+            (None, false) => format!("https://api.ecr.{}.amazonaws.com", self.spec.region),
+        }
+    }
+
     fn sts(&self, creds: Option<SharedCredentialsProvider>) -> aws_sdk_sts::Client {
         let (retry, timeout) = self.retry();
         let mut b = aws_sdk_sts::Config::builder()
@@ -349,15 +362,13 @@ impl EcrSource {
             )));
         }
         let api: Api<ServiceAccount> = Api::namespaced(self.cx.ecr.inner.client.clone(), &self.cx.namespace);
-        let sa = api.get_metadata_opt(&w.service_account_name).await.map_err(|e| SourceError::SecretRead {
-            name: format!("serviceaccount/{}", w.service_account_name),
+        let sa = api.get_metadata_opt(&w.service_account_name).await.map_err(|e| SourceError::ServiceAccountRead {
+            what: "reading",
+            name: w.service_account_name.clone(),
             reason: summarize_kube_error(&e),
         })?;
         let Some(sa) = sa else {
-            return Err(SourceError::SecretNotFound {
-                namespace: self.cx.namespace.clone(),
-                name: format!("serviceaccount/{}", w.service_account_name),
-            });
+            return Err(SourceError::ServiceAccountNotFound { namespace: self.cx.namespace.clone(), name: w.service_account_name.clone() });
         };
         let opted_in = sa.metadata.annotations.as_ref().and_then(|a| a.get(crate::api::WEB_IDENTITY_ANNOTATION)).map(String::as_str) == Some("true");
         if !opted_in {
@@ -384,7 +395,7 @@ impl EcrSource {
                     .duration_seconds(3600)
                     .send()
                     .await
-                    .map_err(|e| aws_error("AssumeRoleWithWebIdentity", e))?;
+                    .map_err(|e| aws_error("AssumeRoleWithWebIdentity", &self.sts_endpoint(), e))?;
                 return sts_credentials(out.credentials(), "AssumeRoleWithWebIdentity");
             }
             Identity::Static(c) => c,
@@ -400,7 +411,7 @@ impl EcrSource {
             .duration_seconds(3600)
             .send()
             .await
-            .map_err(|e| aws_error("AssumeRole", e))?;
+            .map_err(|e| aws_error("AssumeRole", &self.sts_endpoint(), e))?;
         sts_credentials(out.credentials(), "AssumeRole")
     }
 
@@ -415,11 +426,8 @@ impl EcrSource {
             ..Default::default()
         };
         let out = api.create_token_request(sa, &PostParams::default(), &req).await.map_err(|e| match &e {
-            kube::Error::Api(s) if s.code == 404 => SourceError::SecretNotFound {
-                namespace: self.cx.namespace.clone(),
-                name: format!("serviceaccount/{sa}"),
-            },
-            _ => SourceError::SecretRead { name: format!("serviceaccount/{sa} token"), reason: summarize_kube_error(&e) },
+            kube::Error::Api(s) if s.code == 404 => SourceError::ServiceAccountNotFound { namespace: self.cx.namespace.clone(), name: sa.to_string() },
+            _ => SourceError::ServiceAccountRead { what: "requesting a token", name: sa.to_string(), reason: summarize_kube_error(&e) },
         })?;
         let token = out.status.and_then(|s| s.token).unwrap_or_default();
         if token.is_empty() {
@@ -445,7 +453,7 @@ impl EcrSource {
                 .get_authorization_token()
                 .send()
                 .await
-                .map_err(|e| aws_error("GetAuthorizationToken", e))?;
+                .map_err(|e| aws_error("GetAuthorizationToken", &self.ecr_endpoint(), e))?;
             let data = out.authorization_data().ok_or_else(|| invalid("no authorizationData"))?;
             let entry = decode_token(ECR_PUBLIC_HOST, data.authorization_token())?;
             let expires_at = data.expires_at().and_then(|t| DateTime::from_timestamp(t.secs(), 0));
@@ -469,7 +477,7 @@ impl EcrSource {
             .set_registry_ids(self.spec.registry_ids.clone())
             .send()
             .await
-            .map_err(|e| aws_error("GetAuthorizationToken", e))?;
+            .map_err(|e| aws_error("GetAuthorizationToken", &self.ecr_endpoint(), e))?;
         let mut entries = Vec::new();
         let mut expires_at: Option<DateTime<Utc>> = None;
         for d in out.authorization_data() {
@@ -568,12 +576,20 @@ fn sts_credentials(c: Option<&aws_sdk_sts::types::Credentials>, op: &'static str
 }
 
 /// Summarise an AWS error: its code and a bounded message. AWS messages name
-/// ARNs and actions, never keys; they are cut short all the same.
-fn aws_error<E, R>(operation: &'static str, e: aws_sdk_ecr::error::SdkError<E, R>) -> SourceError
+/// ARNs and actions, never keys; they are cut short all the same. A request
+/// that got no answer names the endpoint and why (refused, DNS, TLS,
+/// timeout), from the SDK's source error.
+fn aws_error<E, R>(operation: &'static str, endpoint: &str, e: aws_sdk_ecr::error::SdkError<E, R>) -> SourceError
 where
-    E: ProvideErrorMetadata,
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug + 'static,
 {
     use aws_sdk_ecr::error::SdkError;
+    if matches!(e, SdkError::DispatchFailure(_) | SdkError::TimeoutError(_)) {
+        let timeout = matches!(e, SdkError::TimeoutError(_)) || matches!(&e, SdkError::DispatchFailure(d) if d.is_timeout());
+        let why = if timeout { "timed out" } else { super::httpclient::connection_kind(&e).unwrap_or("connection failed") };
+        return SourceError::Aws { operation, code: "ConnectionFailed".into(), message: format!("{endpoint}: {why}") };
+    }
     let fallback = match &e {
         SdkError::TimeoutError(_) => "Timeout",
         SdkError::DispatchFailure(_) => "ConnectionFailed",

@@ -11,6 +11,10 @@ pub enum SourceError {
     SecretKeyMissing { name: String, key: String },
     #[error("reading Secret {name:?}: {reason}")]
     SecretRead { name: String, reason: String },
+    #[error("ServiceAccount {name:?} not found in namespace {namespace:?} (webIdentity.serviceAccountName)")]
+    ServiceAccountNotFound { namespace: String, name: String },
+    #[error("{what} of ServiceAccount {name:?}: {reason}")]
+    ServiceAccountRead { what: &'static str, name: String, reason: String },
     #[error("{field}: {problem}")]
     InvalidSpec { field: &'static str, problem: String },
     #[error("{endpoint} answered HTTP {status}{}", code.as_ref().map(|c| format!(" ({c})")).unwrap_or_default())]
@@ -40,7 +44,7 @@ impl SourceError {
     pub fn category(&self) -> &'static str {
         match self {
             Self::SecretNotFound { .. } | Self::SecretKeyMissing { .. } => "CredentialsNotFound",
-            Self::SecretRead { .. } => "CredentialsNotFound",
+            Self::SecretRead { .. } | Self::ServiceAccountNotFound { .. } | Self::ServiceAccountRead { .. } => "CredentialsNotFound",
             Self::InvalidSpec { .. } | Self::Tls(_) => "InvalidSpec",
             Self::HttpStatus { status: 401 | 403, .. } => "AccessDenied",
             Self::HttpStatus { status: 429, .. } => "Throttled",

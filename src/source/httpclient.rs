@@ -71,10 +71,42 @@ pub fn roots_from_pem(pem: &[u8], what: &str) -> Result<rustls::RootCertStore, S
     Ok(roots)
 }
 
+/// CA certificates trusted besides the public roots, from the file named by
+/// `SSL_CERT_FILE` (read once, by [`trust_ssl_cert_file`]).
+static EXTRA_ROOTS: std::sync::OnceLock<Vec<CertificateDer<'static>>> = std::sync::OnceLock::new();
+
+/// Trust the CA certificates of the PEM file `SSL_CERT_FILE` names, when it
+/// is set, besides the public roots, for every client built without a CA
+/// bundle of its own (the convention of OpenSSL, Go and curl: an admin's
+/// private CA for every endpoint). Returns how many were added; an
+/// unreadable or empty file is an error, so a typo does not go unnoticed.
+pub fn trust_ssl_cert_file() -> Result<usize, SourceError> {
+    let Some(path) = std::env::var_os("SSL_CERT_FILE").filter(|p| !p.is_empty()) else { return Ok(0) };
+    let what = format!("SSL_CERT_FILE {}", std::path::Path::new(&path).display());
+    let pem = std::fs::read(&path).map_err(|e| SourceError::Tls(format!("{what}: {e}")))?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .map_err(|_| SourceError::Tls(format!("{what} is not a PEM CA bundle")))?;
+    roots_from_pem(&pem, &what)?;
+    let n = certs.len();
+    let _ = EXTRA_ROOTS.set(certs);
+    Ok(n)
+}
+
+/// The public roots, and those of `SSL_CERT_FILE`.
+fn default_roots() -> rustls::RootCertStore {
+    let mut roots: rustls::RootCertStore = webpki_roots::TLS_SERVER_ROOTS.iter().cloned().collect();
+    for c in EXTRA_ROOTS.get().into_iter().flatten() {
+        // Checked when read.
+        let _ = roots.add(c.clone());
+    }
+    roots
+}
+
 /// A client trusting `roots` (the public roots when `None`), without a
 /// client certificate: what `regcred check` uses.
 pub fn build_with_roots(roots: Option<rustls::RootCertStore>, timeout: Duration, net: &NetPolicy) -> Result<Client, SourceError> {
-    let roots = roots.unwrap_or_else(|| webpki_roots::TLS_SERVER_ROOTS.iter().cloned().collect());
+    let roots = roots.unwrap_or_else(default_roots);
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .map_err(|e| SourceError::Tls(e.to_string()))?
@@ -92,7 +124,7 @@ pub async fn build(settings: &HttpClientSettings, secrets: &SecretReader, net: &
             let pem = secrets.key(&ca.name, &ca.key).await?;
             roots_from_pem(pem.expose_secret().as_bytes(), &format!("Secret {:?} key {:?}", ca.name, ca.key))?
         }
-        None => webpki_roots::TLS_SERVER_ROOTS.iter().cloned().collect(),
+        None => default_roots(),
     };
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -209,16 +241,8 @@ pub(super) fn transport(endpoint: &str, e: &reqwest::Error) -> SourceError {
     }
     let kind = if e.is_timeout() {
         "timed out"
-    } else if let Some(kind) = visit(e, tls_kind) {
+    } else if let Some(kind) = connection_kind(e) {
         kind
-    } else if visit(e, |err| err.downcast_ref::<egress::ResolveFailed>().map(|_| ())).is_some() {
-        "DNS lookup failed"
-    } else if visit(e, |err| {
-        err.downcast_ref::<std::io::Error>().filter(|io| io.kind() == std::io::ErrorKind::ConnectionRefused).map(|_| ())
-    })
-    .is_some()
-    {
-        "connection refused"
     } else if e.is_connect() {
         "connection failed"
     } else if e.is_redirect() {
@@ -229,6 +253,25 @@ pub(super) fn transport(endpoint: &str, e: &reqwest::Error) -> SourceError {
         "request failed"
     };
     SourceError::Transport { endpoint: endpoint.to_string(), kind }
+}
+
+/// Why a connection failed, when the error chain tells: TLS, DNS, refused
+/// or timed out (for errors of other clients too, such as the AWS SDK's).
+pub(super) fn connection_kind(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    let io_kind = |k: std::io::ErrorKind| move |err: &(dyn std::error::Error + 'static)| err.downcast_ref::<std::io::Error>().filter(|io| io.kind() == k).map(|_| ());
+    if let Some(kind) = visit(e, tls_kind) {
+        Some(kind)
+    } else if visit(e, |err| err.downcast_ref::<egress::ResolveFailed>().map(|_| ())).is_some() {
+        Some("DNS lookup failed")
+    } else if visit(e, io_kind(std::io::ErrorKind::ConnectionRefused)).is_some() {
+        Some("connection refused")
+    } else if visit(e, io_kind(std::io::ErrorKind::TimedOut)).is_some() {
+        Some("timed out")
+    } else if visit(e, |err| err.to_string().contains("dns error").then_some(())).is_some() {
+        Some("DNS lookup failed")
+    } else {
+        None
+    }
 }
 
 /// Call `f` on every error in the chain, including the errors wrapped inside
