@@ -14,10 +14,16 @@ use crate::support::*;
 
 /// Run `regcred ARGS`: (exit code, stdout, stderr).
 pub fn cli(args: &[&str]) -> (i32, String, String) {
+    cli_with(args, &[])
+}
+
+/// Run `regcred ARGS` with environment variables set (after KUBECONFIG).
+pub fn cli_with(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_regcred"))
         .args(args)
         .env("KUBECONFIG", &control_plane().kubeconfig)
         .env_remove("RUST_LOG")
+        .envs(env.iter().copied())
         .output()
         .expect("running regcred");
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
@@ -62,7 +68,7 @@ async fn renew_forces_exactly_one_extra_mint() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("not found"), "{err}");
     let (code, _, err) = cli(&["renew", "-n", &ns.name]);
-    assert_eq!(code, 1, "{err}");
+    assert_eq!(code, 2, "bad usage: {err}");
     assert_no_secrets(&client, &ns.name, &operator, std::slice::from_ref(&server.secret)).await;
 }
 
@@ -76,15 +82,25 @@ async fn status_lists_the_failing_credential_first() {
         "tokenURL": format!("http://127.0.0.1:{}/token", free_port()), "allowInsecureHTTP": true,
         "clientSecretRef": {"name": "client"}, "registries": ["registry.example.com"]
     }}})).await;
+    // A credential that never expires (a static password): after the one
+    // that expires, however far away that is.
+    create_secret(&client, &ns.name, "robot", json!({"username": "robot", "password": "static-pw-77d0"})).await;
+    create_credential(&client, &ns.name, "a-static", json!({"source": {"basic": {
+        "secretRef": {"name": "robot"}, "registries": ["registry.example.com"], "verify": false
+    }}})).await;
     wait_ready(&client, &ns.name, "broken", "False", Some("MintFailed"), Duration::from_secs(60)).await;
+    wait_ready(&client, &ns.name, "a-static", "True", Some("Rotated"), Duration::from_secs(60)).await;
 
     let (code, out, err) = cli(&["status", "-n", &ns.name]);
     assert_eq!(code, 0, "{err}");
     let lines: Vec<Vec<&str>> = out.lines().map(|l| l.split_whitespace().collect()).collect();
     assert_eq!(lines[0][..3], ["NAMESPACE", "NAME", "READY"], "{out}");
     assert_eq!(lines[1][1..4], ["broken", "False", "MintFailed"], "{out}");
+    assert_eq!(lines[1][5], "-", "no credential yet: {out}");
     assert_eq!(lines[2][1..4], ["cred", "True", "Rotated"], "{out}");
     assert_eq!(lines[2][4], "registry.example.com", "{out}");
+    assert_eq!(lines[3][1..4], ["a-static", "True", "Rotated"], "{out}");
+    assert_eq!(lines[3][5], "never", "{out}");
     let (code, json_out, _) = cli(&["status", "-n", &ns.name, "-o", "json"]);
     assert_eq!(code, 0);
     let rows: Value = serde_json::from_str(&json_out).unwrap();
@@ -92,6 +108,7 @@ async fn status_lists_the_failing_credential_first() {
     assert!(rows[0]["failedAttempts"].as_i64().unwrap() >= 1);
     assert_eq!(rows[1]["reason"], "Rotated");
     assert!(rows[1]["notAfter"].is_string());
+    assert_eq!(rows[2]["name"], "a-static");
     no_secret_in(&[&out, &err, &json_out], &[&server.secret]);
     assert_no_secrets(&client, &ns.name, &operator, std::slice::from_ref(&server.secret)).await;
 }
@@ -204,7 +221,8 @@ async fn mint_prints_a_redacted_summary_and_writes_a_file_that_pulls() {
         }
         let (code, out, err) = cli(&args);
         assert_eq!(code, 0, "{kind}: {out}{err}");
-        assert!(out.contains(&format!("registry {registry}")) && out.contains("password <redacted,"), "{kind}: {out}");
+        assert!(out.contains(&format!("registry {registry}")) && out.contains("password <redacted>"), "{kind}: {out}");
+        assert!(!out.contains("characters"), "{kind}: the password's length was printed: {out}");
         assert!(out.contains("expires  ") && out.contains("renews   "), "{kind}: {out}");
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(&out_file).unwrap().permissions().mode() & 0o777, 0o600, "{kind}");

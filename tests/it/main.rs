@@ -12,6 +12,7 @@ mod hostile;
 mod keep;
 mod keys;
 mod local;
+mod newcomer;
 mod parity;
 mod pods;
 mod rotation;
