@@ -47,6 +47,12 @@ if [ ! -x "$ts" ]; then
 fi
 
 # --- OAuth2 server (npm)
+# oidc-provider 9 is written for current Node.js; say so rather than fail later.
+node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+if [ "$node_major" -lt 20 ]; then
+  log "the OAuth2 test peer (oidc-provider 9) needs Node.js 20 or newer; found $(node --version 2>/dev/null || echo none)"
+  exit 1
+fi
 oa="$cache/oauth2-$(hash_of "$here/oauth2/package-lock.json")"
 if [ ! -d "$oa/node_modules/oidc-provider" ]; then
   log "installing oidc-provider"

@@ -2,4 +2,5 @@
 //! or time a few seconds of the operator's work: tests/run.sh runs them
 //! after the others, one at a time, so neither disturbs another test.
 
+mod readme;
 mod slots;
