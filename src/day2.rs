@@ -272,12 +272,18 @@ pub async fn status(args: StatusArgs) -> Result<(), CliError> {
         }
     }
     sort_by_urgency(&mut rows);
+    let unseen = rows.iter().filter(|r| r.ready == "Unknown" && r.reason.is_empty()).count();
     let out = match args.output {
         Output::Table => table(&rows, Utc::now()),
         Output::Json => serde_json::to_string_pretty(&rows).expect("rows serialise"),
         Output::Yaml => serde_yaml::to_string(&rows).expect("rows serialise"),
     };
     println!("{out}");
+    if unseen > 0 {
+        eprintln!(
+            "regcred: {unseen} of these have no status yet: is the operator running, and does it watch their namespace? Its first log lines say what it watches."
+        );
+    }
     Ok(())
 }
 

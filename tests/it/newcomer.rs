@@ -114,6 +114,11 @@ async fn exit_codes_and_hints_of_the_commands() {
     let (code, out, err) = cli(&["renew", &cluster_name, "--cluster"]);
     assert_eq!(code, 0, "{out}{err}");
     create_credential(&client, &ns.name, "local", json!({"source": {"basic": {"secretRef": {"name": "robot"}, "registries": ["registry.example.com"]}}})).await;
+    // No operator watches this namespace: status says so.
+    let (code, out, err) = cli(&["status", "-n", &ns.name]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.lines().nth(1).is_some_and(|l| l.contains("local") && l.contains("Unknown")), "{out}");
+    assert!(err.contains("1 of these have no status yet") && err.contains("does it watch their namespace"), "{err}");
     let (code, _, err) = cli(&["renew", "local", "--cluster", "-n", &ns.name]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains(&format!("a RegistryCredential local exists in namespace {}: leave out --cluster", ns.name)), "{err}");
