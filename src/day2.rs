@@ -90,14 +90,7 @@ pub async fn renew(args: RenewArgs) -> Result<(), CliError> {
         let names = if args.all { api.list(&ListParams::default()).await.map_err(cluster("listing"))?.items.iter().map(|c| c.name_any()).collect() } else { args.names };
         for name in names {
             if let Err(e) = api.patch(&name, &pp, &patch).await {
-                let mut err = not_found_or(e, &format!("clusterregistrycredential/{name}"));
-                if matches!(err, CliError::Failed(_)) {
-                    let ns = client_ns.clone();
-                    if Api::<RegistryCredential>::namespaced(api_client.clone(), &ns).get_metadata_opt(&name).await.ok().flatten().is_some() {
-                        err = CliError::Failed(format!("{err}; a RegistryCredential {name} exists in namespace {ns}: leave out --cluster"));
-                    }
-                }
-                return Err(err);
+                return Err(not_found_hint(&api_client, e, &format!("clusterregistrycredential/{name}"), &name, &client_ns, true).await);
             }
             println!("clusterregistrycredential/{name} renewal requested");
         }
@@ -113,15 +106,32 @@ pub async fn renew(args: RenewArgs) -> Result<(), CliError> {
     for (ns, name) in targets {
         let api: Api<RegistryCredential> = Api::namespaced(client.clone(), &ns);
         if let Err(e) = api.patch(&name, &pp, &patch).await {
-            let mut err = not_found_or(e, &format!("registrycredential/{name} in namespace {ns}"));
-            if matches!(err, CliError::Failed(_)) && Api::<ClusterRegistryCredential>::all(client.clone()).get_metadata_opt(&name).await.ok().flatten().is_some() {
-                err = CliError::Failed(format!("{err}; a ClusterRegistryCredential {name} exists: add --cluster"));
-            }
-            return Err(err);
+            return Err(not_found_hint(&client, e, &format!("registrycredential/{name} in namespace {ns}"), &name, &ns, false).await);
         }
         println!("registrycredential/{name} ({ns}) renewal requested");
     }
     Ok(())
+}
+
+/// `not_found_or`, with a hint when the other kind has that name (`renew` of
+/// a ClusterRegistryCredential without `--cluster`, or the other way round).
+async fn not_found_hint(client: &Client, e: kube::Error, what: &str, name: &str, ns: &str, cluster_kind: bool) -> CliError {
+    let err = not_found_or(e, what);
+    if !matches!(err, CliError::Failed(_)) {
+        return err;
+    }
+    let (other, hint) = if cluster_kind {
+        let found = Api::<RegistryCredential>::namespaced(client.clone(), ns).get_metadata_opt(name).await.ok().flatten().is_some();
+        (found, format!("a RegistryCredential {name} exists in namespace {ns}: leave out --cluster"))
+    } else {
+        let found = Api::<ClusterRegistryCredential>::all(client.clone()).get_metadata_opt(name).await.ok().flatten().is_some();
+        (found, format!("a ClusterRegistryCredential {name} exists: add --cluster"))
+    };
+    if other {
+        CliError::Failed(format!("{err}; {hint}"))
+    } else {
+        err
+    }
 }
 
 fn not_found_or(e: kube::Error, what: &str) -> CliError {
