@@ -59,17 +59,48 @@ struct Published {
     at: Instant,
 }
 
+/// The Events published lately, by everything they said: which one a
+/// repeat counts up. At most [`CAP`]; an entry is forgotten [`TTL`] after
+/// its last repeat.
+#[derive(Default)]
+struct Series {
+    map: HashMap<Key, Published>,
+}
+
+impl Series {
+    /// The Event `key` repeats (name, namespace, its next count), if one
+    /// was published within [`TTL`].
+    fn repeat(&mut self, key: &Key, now: Instant) -> Option<(String, String, i32)> {
+        self.map.retain(|_, p| now.saturating_duration_since(p.at) < TTL);
+        self.map.get(key).map(|p| (p.name.clone(), p.namespace.clone(), p.count.saturating_add(1)))
+    }
+
+    fn remember(&mut self, key: Key, p: Published) {
+        if self.map.len() >= CAP && !self.map.contains_key(&key) {
+            // Full of live series: the oldest stops folding its repeats.
+            if let Some(oldest) = self.map.iter().min_by_key(|(_, p)| p.at).map(|(k, _)| k.clone()) {
+                self.map.remove(&oldest);
+            }
+        }
+        self.map.insert(key, p);
+    }
+
+    fn forget(&mut self, key: &Key) {
+        self.map.remove(key);
+    }
+}
+
 /// The Event publisher every part of the operator shares.
 pub struct Recorder {
     client: Client,
     controller: String,
     instance: String,
-    cache: Mutex<HashMap<Key, Published>>,
+    series: Mutex<Series>,
 }
 
 impl Recorder {
     pub fn new(client: Client, controller: &str, instance: &str) -> Self {
-        Self { client, controller: controller.into(), instance: instance.into(), cache: Mutex::new(HashMap::new()) }
+        Self { client, controller: controller.into(), instance: instance.into(), series: Mutex::new(Series::default()) }
     }
 
     /// Publish `ev` about `regarding`: a new Event, or the next count of the
@@ -85,33 +116,29 @@ impl Recorder {
             regarding: (regarding.kind.clone(), regarding.namespace.clone(), regarding.name.clone(), regarding.uid.clone()),
         };
         let now = Instant::now();
-        let repeat = {
-            let mut cache = self.cache.lock().await;
-            cache.retain(|_, p| now.duration_since(p.at) < TTL);
-            cache.get(&key).map(|p| (p.name.clone(), p.namespace.clone(), p.count.saturating_add(1)))
-        };
-        let (name, namespace, count) = match repeat {
-            Some((name, namespace, count)) => {
-                let series = EventSeries { count, last_observed_time: MicroTime(Timestamp::now()) };
-                let patch = serde_json::json!({"series": series});
-                Api::<K8sEvent>::namespaced(self.client.clone(), &namespace).patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
-                (name, namespace, count)
-            }
-            None => {
-                let event = self.new_event(&ev, note, regarding);
-                let namespace = event.metadata.namespace.clone().unwrap_or_default();
-                let created = Api::<K8sEvent>::namespaced(self.client.clone(), &namespace).create(&PostParams::default(), &event).await?;
-                (created.metadata.name.unwrap_or_default(), namespace, 1)
-            }
-        };
-        let mut cache = self.cache.lock().await;
-        if cache.len() >= CAP && !cache.contains_key(&key) {
-            // Full of live series: the oldest stops folding its repeats.
-            if let Some(oldest) = cache.iter().min_by_key(|(_, p)| p.at).map(|(k, _)| k.clone()) {
-                cache.remove(&oldest);
+        let repeat = self.series.lock().await.repeat(&key, now);
+        if let Some((name, namespace, count)) = repeat {
+            let series = EventSeries { count, last_observed_time: MicroTime(Timestamp::now()) };
+            let patch = serde_json::json!({"series": series});
+            match Api::<K8sEvent>::namespaced(self.client.clone(), &namespace).patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+                Ok(_) => {
+                    self.series.lock().await.remember(key, Published { name, namespace, count, at: now });
+                    return Ok(());
+                }
+                // The Event is gone (the API server keeps Events an hour):
+                // a new one.
+                Err(kube::Error::Api(e)) if e.code == 404 => self.series.lock().await.forget(&key),
+                Err(e) => {
+                    self.series.lock().await.forget(&key);
+                    return Err(e);
+                }
             }
         }
-        cache.insert(key, Published { name, namespace, count, at: now });
+        let event = self.new_event(&ev, note, regarding);
+        let namespace = event.metadata.namespace.clone().unwrap_or_default();
+        let created = Api::<K8sEvent>::namespaced(self.client.clone(), &namespace).create(&PostParams::default(), &event).await?;
+        let name = created.metadata.name.unwrap_or_default();
+        self.series.lock().await.remember(key, Published { name, namespace, count: 1, at: now });
         Ok(())
     }
 
@@ -139,8 +166,46 @@ impl Recorder {
         }
     }
 
-    /// Series remembered now (for tests of the bound).
-    pub async fn remembered(&self) -> usize {
-        self.cache.lock().await.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(note: &str) -> Key {
+        Key { type_: Type::Warning, reason: "MintFailed".into(), action: "Reconcile".into(), note: note.into(), regarding: (None, Some("ns".into()), Some("c".into()), None) }
+    }
+
+    fn published(name: &str, at: Instant) -> Published {
+        Published { name: name.into(), namespace: "ns".into(), count: 1, at }
+    }
+
+    #[test]
+    fn a_repeat_counts_up_and_a_new_note_is_a_new_event() {
+        let t0 = Instant::now();
+        let mut s = Series::default();
+        s.remember(key("AccessDenied: HTTP 401"), published("e1", t0));
+        assert_eq!(s.repeat(&key("AccessDenied: HTTP 401"), t0 + Duration::from_secs(5)), Some(("e1".into(), "ns".into(), 2)));
+        // Same reason, another cause: not a repeat.
+        assert_eq!(s.repeat(&key("MintFailed: DNS lookup failed"), t0 + Duration::from_secs(5)), None);
+        // After TTL without a repeat: forgotten, the next one is new.
+        assert_eq!(s.repeat(&key("AccessDenied: HTTP 401"), t0 + TTL + Duration::from_secs(1)), None);
+        assert!(s.map.is_empty());
+    }
+
+    #[test]
+    fn a_flood_of_distinct_notes_stays_within_the_cap() {
+        let t0 = Instant::now();
+        let mut s = Series::default();
+        for i in 0..CAP + 50 {
+            s.remember(key(&format!("cause {i}")), published(&format!("e{i}"), t0 + Duration::from_millis(i as u64)));
+        }
+        assert_eq!(s.map.len(), CAP);
+        let now = t0 + Duration::from_secs(10);
+        // The oldest were let go; the newest still count up.
+        assert_eq!(s.repeat(&key("cause 0"), now), None);
+        assert_eq!(s.repeat(&key("cause 49"), now), None);
+        assert!(s.repeat(&key("cause 50"), now).is_some());
+        assert!(s.repeat(&key(&format!("cause {}", CAP + 49)), now).is_some());
     }
 }
