@@ -30,17 +30,35 @@ fn spec(url: &str, group: &str, extra: Value) -> Value {
     s
 }
 
+/// Wait until the hanging endpoint has been asked 4 times (its origin's
+/// share); on a timeout, say what the operator was doing.
+async fn hanging_asked(hanging: &Hostile, operator: &Operator) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let asked = hanging.counts().await.get("hang").copied().unwrap_or(0);
+        if asked >= 4 {
+            return;
+        }
+        if Instant::now() > deadline {
+            let logs = operator.logs();
+            let tail: Vec<&str> = logs.lines().rev().take(80).collect::<Vec<_>>().into_iter().rev().collect();
+            panic!("the hanging endpoint was asked {asked} times in 30 s; the operator's last log lines:\n{}", tail.join("\n"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_hanging_token_server_cannot_starve_its_namespace() {
     let (client, ns) = setup("origin").await;
     let hanging = Hostile::start("127.0.0.1", None).await;
     let healthy = Hostile::start("127.0.0.2", None).await;
-    let _operator = Operator::start(&ns.name);
+    let operator = Operator::start(&ns.name);
     for i in 0..33 {
         create_credential(&client, &ns.name, &format!("hang-{i:02}"), spec(&hanging.url("hang", "hang", &[]), "hang", json!({}))).await;
     }
     // The hanging credentials have taken what they may.
-    wait_for(Duration::from_secs(30), "the hanging endpoint asked", || async { (hanging.counts().await.get("hang").copied().unwrap_or(0) >= 4).then_some(()) }).await;
+    hanging_asked(&hanging, &operator).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // A healthy credential of the same namespace, on another origin, after them.
@@ -231,7 +249,7 @@ async fn a_hanging_token_server_cannot_starve_the_cluster_credentials() {
     let label = format!("slots-{}", std::process::id());
     let hanging = Hostile::start("127.0.0.1", None).await;
     let healthy = Hostile::start("127.0.0.2", None).await;
-    let _operator = fleet_operator(&home.name, &suite, &[], &[]);
+    let operator = fleet_operator(&home.name, &suite, &[], &[]);
     let mut made = Namespaces(Vec::new());
     labelled_namespace(&client, "slots-target", json!({"regcred-test.dev/slots": label}), &mut made).await;
     let target = json!({"namespaceSelector": {"matchLabels": {"regcred-test.dev/slots": label}}});
@@ -241,7 +259,7 @@ async fn a_hanging_token_server_cannot_starve_the_cluster_credentials() {
         let spec = json!({"source": {"http": http(hanging.url("hang", "hang", &[]))}, "target": target, "secretName": format!("hang-{i}")});
         create_cluster_credential(&client, &unique(&format!("slots-hang-{i:02}")), &suite, spec).await.unwrap();
     }
-    wait_for(Duration::from_secs(30), "the hanging endpoint asked", || async { (hanging.counts().await.get("hang").copied().unwrap_or(0) >= 4).then_some(()) }).await;
+    hanging_asked(&hanging, &operator).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let name = unique("slots-healthy");
