@@ -186,12 +186,27 @@ async fn write_status(api: &Api<ClusterRegistryCredential>, ccr: &ClusterRegistr
     Ok(())
 }
 
+/// How soon a reconcile that found the caches still filling looks again.
+const STORES_FILLING: Duration = Duration::from_millis(500);
+
+/// Whether a cache has had its first full list, without waiting for it:
+/// kube-runtime's `Store::wait_until_ready` keeps the waker of only the
+/// last task that polled it, so of several reconciles that started before
+/// the first list (an operator start with many credentials), all but one
+/// would wait for ever, and their credentials would never be renewed.
+fn filled<K>(store: &Store<K>) -> bool
+where
+    K: 'static + Clone + kube::runtime::reflector::Lookup,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    futures::FutureExt::now_or_never(store.wait_until_ready()).is_some_and(|r| r.is_ok())
+}
+
 async fn reconcile_inner(cached: &ClusterRegistryCredential, ctx: &FleetContext, slot: Option<Permit>) -> Result<Pass<()>, Error> {
-    // Deciding from half-filled caches would delete Secrets as "no longer targeted".
-    for ready in [ctx.namespaces.wait_until_ready().await, ctx.owned.wait_until_ready().await, ctx.accounts.wait_until_ready().await] {
-        if ready.is_err() {
-            return Ok(Pass::Done(Action::requeue(Duration::from_secs(5))));
-        }
+    // Deciding from half-filled caches would delete Secrets as "no longer
+    // targeted": until all three are filled, look again shortly.
+    if [filled(&ctx.namespaces), filled(&ctx.owned), filled(&ctx.accounts)].contains(&false) {
+        return Ok(Pass::Done(Action::requeue(STORES_FILLING)));
     }
     let api: Api<ClusterRegistryCredential> = Api::all(ctx.base.client.clone());
     let reading = ctx.base.reading().await;
@@ -743,6 +758,36 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Reconciles that find a cache filling come back; once it is filled,
+    /// every one of them sees it. (Waiting on it instead, as the fleet did,
+    /// woke only the last of several waiters: counted here, so the reason
+    /// for `filled` stays visible.)
+    #[tokio::test]
+    async fn every_reconcile_sees_a_filled_cache() {
+        let (store, mut writer) = reflector::store::<Namespace>();
+        assert!(!filled(&store), "an empty cache counted as filled");
+        let waiters: Vec<_> = (0..4)
+            .map(|_| {
+                let s = store.clone();
+                tokio::spawn(async move { s.wait_until_ready().await.is_ok() })
+            })
+            .collect();
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        writer.apply_watcher_event(&watcher::Event::Init);
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let woken = waiters.iter().filter(|w| w.is_finished()).count();
+        eprintln!("Store::wait_until_ready woke {woken} of 4 waiters");
+        for _ in 0..8 {
+            assert!(filled(&store), "a filled cache was not seen");
+        }
+        for w in waiters {
+            w.abort();
+        }
+    }
 
     #[test]
     fn home_names_stay_valid() {

@@ -380,3 +380,32 @@ async fn a_namespaced_credential_patches_only_the_named_service_account() {
     assert_eq!(pull_secret_names(&sas.get("builder").await.unwrap()), ["existing"]);
     assert_no_secrets(&client, &ns.name, &operator, &["robot-pw-sa-1234".into()]).await;
 }
+
+/// An operator that starts with many ClusterRegistryCredentials already
+/// there (a restart, an upgrade): every first reconcile begins while the
+/// operator's caches are still filling. Each must go on once they are
+/// filled; kube-runtime's wait for a filled cache woke only one waiter, and
+/// the others never reconciled again.
+#[tokio::test]
+async fn an_operator_started_after_many_cluster_credentials_serves_every_one() {
+    let client = control_plane().client().await;
+    install_crd(&client).await;
+    let home = namespace(&client, "start-home").await;
+    let suite = unique("fleet-start");
+    let label = unique("start");
+    create_secret(&client, &home.name, "robot", json!({"username": "robot", "password": "start-pw-6b0e2d"})).await;
+    let mut made = Namespaces(Vec::new());
+    labelled_namespace(&client, "start-target", json!({"regcred-test.dev/start": label}), &mut made).await;
+    let names: Vec<String> = (0..16).map(|i| unique(&format!("start-{i:02}"))).collect();
+    for (i, name) in names.iter().enumerate() {
+        create_cluster_credential(&client, name, &suite, json!({
+            "source": {"basic": {"secretRef": {"name": "robot"}, "registries": ["registry.example.com"], "verify": false}},
+            "target": {"namespaceSelector": {"matchLabels": {"regcred-test.dev/start": label}}, "secretName": format!("start-{i}")}
+        })).await.unwrap();
+    }
+    let operator = fleet_operator(&home.name, &suite, &[], &[]);
+    for name in &names {
+        wait_synced(&client, name, 1, 0, Duration::from_secs(30)).await;
+    }
+    assert_no_secrets(&client, &home.name, &operator, &["start-pw-6b0e2d".into()]).await;
+}
