@@ -72,8 +72,8 @@ pub fn roots_from_pem(pem: &[u8], what: &str) -> Result<rustls::RootCertStore, S
 }
 
 /// CA certificates trusted besides the public roots, from the file named by
-/// `SSL_CERT_FILE` (read once, by [`trust_ssl_cert_file`]).
-static EXTRA_ROOTS: std::sync::OnceLock<Vec<CertificateDer<'static>>> = std::sync::OnceLock::new();
+/// `SSL_CERT_FILE`: parsed once, by [`trust_ssl_cert_file`].
+static EXTRA_ROOTS: std::sync::OnceLock<rustls::RootCertStore> = std::sync::OnceLock::new();
 
 /// Trust the CA certificates of the PEM file `SSL_CERT_FILE` names, when it
 /// is set, besides the public roots, for every client built without a CA
@@ -84,21 +84,17 @@ pub fn trust_ssl_cert_file() -> Result<usize, SourceError> {
     let Some(path) = std::env::var_os("SSL_CERT_FILE").filter(|p| !p.is_empty()) else { return Ok(0) };
     let what = format!("SSL_CERT_FILE {}", std::path::Path::new(&path).display());
     let pem = std::fs::read(&path).map_err(|e| SourceError::Tls(format!("{what}: {e}")))?;
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<_, _>>()
-        .map_err(|_| SourceError::Tls(format!("{what} is not a PEM CA bundle")))?;
-    roots_from_pem(&pem, &what)?;
-    let n = certs.len();
-    let _ = EXTRA_ROOTS.set(certs);
+    let roots = roots_from_pem(&pem, &what)?;
+    let n = roots.len();
+    let _ = EXTRA_ROOTS.set(roots);
     Ok(n)
 }
 
 /// The public roots, and those of `SSL_CERT_FILE`.
 fn default_roots() -> rustls::RootCertStore {
     let mut roots: rustls::RootCertStore = webpki_roots::TLS_SERVER_ROOTS.iter().cloned().collect();
-    for c in EXTRA_ROOTS.get().into_iter().flatten() {
-        // Checked when read.
-        let _ = roots.add(c.clone());
+    if let Some(extra) = EXTRA_ROOTS.get() {
+        roots.roots.extend(extra.roots.iter().cloned());
     }
     roots
 }
