@@ -105,7 +105,7 @@ pub struct RunArgs {
     /// registries for login checks, redirects, ECR/STS overrides), checked on
     /// the resolved address at connect time. Comma-separated; replaces the
     /// default (link-local and cloud metadata addresses).
-    #[arg(long, env = "REGCRED_EGRESS_DENY_CIDRS", value_delimiter = ',', default_value = "169.254.0.0/16,fe80::/10,fd00:ec2::254/128,100.100.100.200/32")]
+    #[arg(long, env = "REGCRED_EGRESS_DENY_CIDRS", value_delimiter = ',', default_value = crate::egress::DEFAULT_DENIED)]
     pub egress_deny_cidrs: Vec<String>,
 
     /// Hosts tenant-named endpoints must be on (`registry.example.com`,

@@ -48,7 +48,7 @@ fn cluster(what: &str) -> impl FnOnce(kube::Error) -> CliError + '_ {
 }
 
 async fn client() -> Result<Client, CliError> {
-    Client::try_default().await.map_err(|_| CliError::Cluster("no Kubernetes configuration found (KUBECONFIG, ~/.kube/config or in-cluster)".into()))
+    crate::proxy::kube_client().await.map_err(|_| CliError::Cluster("no Kubernetes configuration found (KUBECONFIG, ~/.kube/config or in-cluster)".into()))
 }
 
 #[derive(Args, Debug, Clone)]

@@ -12,9 +12,11 @@ use std::sync::Arc;
 use ipnet::IpNet;
 
 /// Addresses denied unless the admin says otherwise: link-local (the cloud
-/// metadata services of AWS, GCP and Azure live at 169.254.169.254) and the
-/// metadata addresses of AWS over IPv6 and of Alibaba Cloud.
-pub const DEFAULT_DENIED: &[&str] = &["169.254.0.0/16", "fe80::/10", "fd00:ec2::254/128", "100.100.100.200/32"];
+/// metadata services of AWS, GCP and Azure live at 169.254.169.254), the
+/// metadata addresses of AWS over IPv6 (IMDS and EKS Pod Identity's agent),
+/// of GCP over IPv6 and of Alibaba Cloud, and Azure's wire server.
+pub const DEFAULT_DENIED: &str =
+    "169.254.0.0/16,fe80::/10,fd00:ec2::254/128,fd00:ec2::23/128,fd20:ce::254/128,100.100.100.200/32,168.63.129.16/32";
 
 /// A name that did not resolve (told apart from refusals and timeouts).
 #[derive(Debug, Clone, thiserror::Error)]
@@ -34,7 +36,7 @@ pub struct EgressPolicy {
 
 impl Default for EgressPolicy {
     fn default() -> Self {
-        Self::new(DEFAULT_DENIED.iter().map(|s| s.to_string()).collect(), Vec::new()).expect("the default CIDRs parse")
+        Self::new(DEFAULT_DENIED.split(',').map(str::to_string).collect(), Vec::new()).expect("the default CIDRs parse")
     }
 }
 
@@ -62,10 +64,20 @@ impl EgressPolicy {
         Ok(Self { denied, allowed_hosts: (!hosts.is_empty()).then_some(hosts) })
     }
 
-    /// Is this address denied? IPv4-mapped IPv6 addresses count as IPv4.
+    /// Is this address denied? An IPv6 address that carries an IPv4 one
+    /// (IPv4-mapped or -compatible, NAT64, 6to4) is also judged by the IPv4
+    /// address it leads to, so `64:ff9b::a9fe:a9fe` is metadata as surely as
+    /// `169.254.169.254`.
     pub fn denies_ip(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
-        self.denied.iter().any(|n| n.contains(&ip))
+        let denied = |ip: IpAddr| self.denied.iter().any(|n| n.contains(&ip));
+        if denied(ip) {
+            return true;
+        }
+        match ip {
+            IpAddr::V6(v6) => embedded_ipv4(v6).into_iter().any(|v4| denied(IpAddr::V4(v4))),
+            IpAddr::V4(_) => false,
+        }
     }
 
     /// Check a URL's host before anything is sent: the allowlist for names
@@ -110,6 +122,35 @@ impl EgressPolicy {
     }
 }
 
+/// The IPv4 addresses an IPv6 address leads to: IPv4-compatible
+/// (`::a.b.c.d`), NAT64 with the well-known prefix `64:ff9b::/96` and the
+/// local-use prefix `64:ff9b:1::/48` (RFC 6052/8215; a network may use any of
+/// the prefix lengths /48, /56, /64 or /96 inside it, so every reading
+/// counts), and 6to4 (`2002:AABB:CCDD::/48`, RFC 3056).
+fn embedded_ipv4(ip: std::net::Ipv6Addr) -> Vec<std::net::Ipv4Addr> {
+    let o = ip.octets();
+    let s = ip.segments();
+    // RFC 6052 §2.2: the IPv4 address follows the prefix, skipping octet 8.
+    let after = |prefix_octets: usize| {
+        let v: Vec<u8> = (prefix_octets..16).filter(|&i| i != 8).take(4).map(|i| o[i]).collect();
+        std::net::Ipv4Addr::new(v[0], v[1], v[2], v[3])
+    };
+    let mut out = Vec::new();
+    if s[..6] == [0; 6] && s[6] != 0 {
+        out.push(after(12));
+    }
+    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        out.push(after(12));
+    }
+    if s[..3] == [0x64, 0xff9b, 1] {
+        out.extend([6, 7, 8, 12].map(after));
+    }
+    if s[0] == 0x2002 {
+        out.push(std::net::Ipv4Addr::new(o[2], o[3], o[4], o[5]));
+    }
+    out
+}
+
 /// `*.example.com` matches any subdomain of example.com (not example.com
 /// itself); anything else matches exactly.
 fn host_matches(pattern: &str, host: &str) -> bool {
@@ -135,6 +176,33 @@ impl reqwest::dns::Resolve for Resolver {
     }
 }
 
+/// The same resolver for the AWS SDK: its HTTP client (built by
+/// [`aws_http_client`]) asks this for every name, so an STS or ECR endpoint
+/// override by name cannot lead to a denied address either.
+#[derive(Clone, Debug)]
+pub struct AwsResolver(pub Arc<EgressPolicy>);
+
+impl aws_smithy_runtime_api::client::dns::ResolveDns for AwsResolver {
+    fn resolve_dns<'a>(&'a self, name: &'a str) -> aws_smithy_runtime_api::client::dns::DnsFuture<'a> {
+        use aws_smithy_runtime_api::client::dns::{DnsFuture, ResolveDnsError};
+        let policy = self.0.clone();
+        let host = name.to_string();
+        DnsFuture::new(async move {
+            let addrs = tokio::net::lookup_host((host.as_str(), 0)).await.map_err(|_| ResolveDnsError::new(ResolveFailed { host: host.clone() }))?;
+            let kept = policy.filter(&host, addrs).map_err(ResolveDnsError::new)?;
+            Ok(kept.into_iter().map(|a| a.ip()).collect())
+        })
+    }
+}
+
+/// The AWS SDK's HTTP client bound to the policy (rustls; the SDK's own
+/// trust store and timeouts). One per policy, shared by every STS and ECR
+/// client so connections are pooled.
+pub fn aws_http_client(policy: Arc<EgressPolicy>) -> aws_smithy_runtime_api::client::http::SharedHttpClient {
+    use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+    aws_smithy_http_client::Builder::new().tls_provider(Provider::Rustls(CryptoMode::AwsLc)).build_with_resolver(AwsResolver(policy))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,6 +226,58 @@ mod tests {
         for u in ["https://auth.example.com/token", "http://127.0.0.1:8080/", "http://10.0.0.1/"] {
             assert!(p.check_url(&url(u)).is_ok(), "{u}");
         }
+    }
+
+    #[test]
+    fn cloud_metadata_over_ipv6_and_azure_are_denied_by_default() {
+        let p = EgressPolicy::default();
+        for ip in ["168.63.129.16", "fd00:ec2::23", "fd20:ce::254", "fd00:ec2::254", "100.100.100.200"] {
+            assert!(p.denies_ip(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["168.63.129.17", "fd00:ec2::24", "fd20:ce::253", "2001:db8::1"] {
+            assert!(!p.denies_ip(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[test]
+    fn the_chart_denies_what_the_flag_denies_by_default() {
+        let values = include_str!("../charts/regcred/values.yaml");
+        let deny = values.split("denyCIDRs:").nth(1).expect("egress.denyCIDRs in values.yaml");
+        let listed: Vec<&str> = deny.lines().skip(1).map_while(|l| l.trim().strip_prefix("- ")).collect();
+        assert_eq!(listed.join(","), DEFAULT_DENIED);
+    }
+
+    #[test]
+    fn ipv6_forms_of_a_denied_ipv4_address_are_denied() {
+        let p = EgressPolicy::default();
+        // 169.254.169.254 is a9fe:a9fe; 168.63.129.16 is a83f:8110.
+        for ip in [
+            "64:ff9b::a9fe:a9fe",          // NAT64, well-known prefix
+            "64:ff9b::169.254.169.254",
+            "64:ff9b:1:a9fe:a9:fe00::",    // local-use prefix, /48 layout
+            "64:ff9b:1:a9:fe:a9fe::",      // /56
+            "64:ff9b:1:0:a9:fea9:fe00:0",  // /64
+            "64:ff9b:1::a9fe:a9fe",        // /96
+            "64:ff9b::a83f:8110",          // Azure's wire server through NAT64
+            "2002:a9fe:a9fe::1",           // 6to4
+            "2002:a83f:8110:1::",
+            "::169.254.169.254",           // IPv4-compatible
+            "::ffff:168.63.129.16",        // IPv4-mapped
+        ] {
+            assert!(p.denies_ip(ip.parse().unwrap()), "{ip}");
+        }
+        // The same forms of an allowed address stay allowed.
+        for ip in ["64:ff9b::c000:207", "2002:c000:207::1", "64:ff9b:1::c000:207", "::1", "::"] {
+            assert!(!p.denies_ip(ip.parse().unwrap()), "{ip}");
+        }
+        // And by URL and by resolution alike.
+        assert!(p.check_url(&url("http://[64:ff9b::a9fe:a9fe]/latest/")).is_err());
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(p.filter("nat64.example", [a("[64:ff9b::a9fe:a9fe]:80")]).is_err());
+        // An admin's own deny list is judged the same way.
+        let own = EgressPolicy::new(vec!["10.0.0.0/8".into()], vec![]).unwrap();
+        assert!(own.denies_ip("64:ff9b::a00:1".parse().unwrap()));
+        assert!(own.denies_ip("2002:a00:1::".parse().unwrap()));
     }
 
     #[test]

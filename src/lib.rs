@@ -4,7 +4,8 @@
 //! below it (and none of its own layer's above it in this list):
 //!
 //! 1. Foundations: `api` (the CRD types), `schedule` (pure time math and the
-//!    decision), `egress`, `source` (minting from each kind of source),
+//!    decision), `egress`, `proxy` (the proxy variables, for the API server
+//!    and, with the egress policy, for tenant-named endpoints), `source` (minting from each kind of source),
 //!    `secret` (rendering and writing the pull Secret), `status` (status
 //!    values), `memo` (what regcred remembers of its own writes and
 //!    attempts), `metrics`, `slots` (the fair queue every attempt waits
@@ -43,6 +44,7 @@ pub mod index;
 pub mod keys;
 pub mod memo;
 pub mod metrics;
+pub mod proxy;
 pub mod remediate;
 pub mod report;
 pub mod revoke;

@@ -107,7 +107,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", args.metrics_bind_address))?;
     info!(version = env!("CARGO_PKG_VERSION"), address = %bound, "regcred starting; serving /metrics, /healthz, /readyz");
 
-    let client = kube::Client::try_default().await.context("loading the Kubernetes client configuration")?;
+    let client = regcred::proxy::kube_client().await.context("loading the Kubernetes client configuration")?;
     let version = client.apiserver_version().await.context("reaching the API server")?;
     info!(server = %version.git_version, "connected to the API server");
     health.set_ready(true);
@@ -155,7 +155,7 @@ fn settings(args: &RunArgs) -> anyhow::Result<Settings> {
             role_arns: args.ecr_role_arns.clone(),
             ..Default::default()
         },
-        net: NetPolicy { egress: Arc::new(egress), max_response_bytes: args.max_response_bytes as usize },
+        net: NetPolicy::new(egress, args.max_response_bytes as usize),
         min_mint_interval: chrono::Duration::seconds(i64::from(args.min_mint_interval_seconds)),
         mint_timeout: std::time::Duration::from_secs(u64::from(args.mint_timeout_seconds)),
         operator_namespace: args.leader_election_namespace.clone(),

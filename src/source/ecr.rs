@@ -305,7 +305,8 @@ impl EcrSource {
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(self.region().to_string()))
             .retry_config(retry)
-            .timeout_config(timeout);
+            .timeout_config(timeout)
+            .http_client(self.cx.net.aws_http.clone());
         if let Some(c) = creds {
             b = b.credentials_provider(c);
         }
@@ -445,7 +446,8 @@ impl EcrSource {
                 .region(Region::new(ECR_PUBLIC_REGION))
                 .credentials_provider(creds)
                 .retry_config(retry)
-                .timeout_config(timeout);
+                .timeout_config(timeout)
+                .http_client(self.cx.net.aws_http.clone());
             if let Some(e) = &self.spec.endpoint {
                 b = b.endpoint_url(e);
             }
@@ -464,7 +466,8 @@ impl EcrSource {
             .region(Region::new(self.spec.region.clone()))
             .credentials_provider(creds)
             .retry_config(retry)
-            .timeout_config(timeout);
+            .timeout_config(timeout)
+            .http_client(self.cx.net.aws_http.clone());
         if let Some(e) = &self.spec.endpoint {
             b = b.endpoint_url(e);
         }
@@ -585,6 +588,11 @@ where
     R: std::fmt::Debug + 'static,
 {
     use aws_sdk_ecr::error::SdkError;
+    // A name the egress policy refused at resolution (the SDK's client asks
+    // the policy's resolver): the same refusal as everywhere else.
+    if let Some(host) = super::httpclient::egress_denied_in(&e) {
+        return SourceError::EgressDenied { host };
+    }
     if matches!(e, SdkError::DispatchFailure(_) | SdkError::TimeoutError(_)) {
         let timeout = matches!(e, SdkError::TimeoutError(_)) || matches!(&e, SdkError::DispatchFailure(d) if d.is_timeout());
         let why = if timeout { "timed out" } else { super::httpclient::connection_kind(&e).unwrap_or("connection failed") };

@@ -193,13 +193,23 @@ impl Client {
 
     /// Send and read at most the response cap of the body.
     pub async fn send(&self, req: reqwest::RequestBuilder, endpoint: &str) -> Result<Response, SourceError> {
-        let resp = req.send().await.map_err(|e| transport(endpoint, &e))?;
+        let resp = self.send_head(req, endpoint).await?;
         read_capped(resp, endpoint, self.net.max_response_bytes).await
     }
 
-    /// Send and return the response head; the body is not read.
+    /// Send and return the response head; the body is not read. A request
+    /// that goes through a proxy (the standard variables) is sent only when
+    /// the policy allows the name's addresses (the proxy connects, so the
+    /// resolver that filters direct connections is not asked).
     pub async fn send_head(&self, req: reqwest::RequestBuilder, endpoint: &str) -> Result<reqwest::Response, SourceError> {
-        req.send().await.map_err(|e| transport(endpoint, &e))
+        let req = req.build().map_err(|e| transport(endpoint, &e))?;
+        if crate::proxy::proxied(req.url()) {
+            self.net.egress.check_proxied(req.url()).await.map_err(|r| match r {
+                crate::proxy::ProxiedRefusal::Denied(d) => SourceError::EgressDenied { host: d.host },
+                crate::proxy::ProxiedRefusal::Resolve(_) => SourceError::Transport { endpoint: endpoint.to_string(), kind: "DNS lookup failed" },
+            })?;
+        }
+        self.http.execute(req).await.map_err(|e| transport(endpoint, &e))
     }
 }
 
@@ -232,8 +242,8 @@ fn too_large(endpoint: &str, max: usize) -> SourceError {
 
 /// What went wrong on the way, in words that tell the failures apart.
 pub(super) fn transport(endpoint: &str, e: &reqwest::Error) -> SourceError {
-    if let Some(d) = visit(e, |err| err.downcast_ref::<egress::EgressDenied>().cloned()) {
-        return SourceError::EgressDenied { host: d.host };
+    if let Some(host) = egress_denied_in(e) {
+        return SourceError::EgressDenied { host };
     }
     let kind = if e.is_timeout() {
         "timed out"
@@ -249,6 +259,12 @@ pub(super) fn transport(endpoint: &str, e: &reqwest::Error) -> SourceError {
         "request failed"
     };
     SourceError::Transport { endpoint: endpoint.to_string(), kind }
+}
+
+/// The host of an egress refusal somewhere in an error chain (of reqwest's
+/// errors or another client's, such as the AWS SDK's).
+pub(super) fn egress_denied_in(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    visit(e, |err| err.downcast_ref::<egress::EgressDenied>().map(|d| d.host.clone()))
 }
 
 /// Why a connection failed, when the error chain tells: TLS, DNS, refused

@@ -110,11 +110,20 @@ pub trait TokenSource: Send + Sync {
 pub struct NetPolicy {
     pub egress: Arc<EgressPolicy>,
     pub max_response_bytes: usize,
+    /// The AWS SDK's HTTP client, bound to `egress` (see [`NetPolicy::new`]).
+    pub aws_http: aws_smithy_runtime_api::client::http::SharedHttpClient,
+}
+
+impl NetPolicy {
+    pub fn new(egress: EgressPolicy, max_response_bytes: usize) -> Self {
+        let egress = Arc::new(egress);
+        Self { aws_http: crate::egress::aws_http_client(egress.clone()), egress, max_response_bytes }
+    }
 }
 
 impl Default for NetPolicy {
     fn default() -> Self {
-        Self { egress: Arc::new(EgressPolicy::default()), max_response_bytes: httpclient::DEFAULT_MAX_RESPONSE_BYTES }
+        Self::new(EgressPolicy::default(), httpclient::DEFAULT_MAX_RESPONSE_BYTES)
     }
 }
 

@@ -7,6 +7,7 @@ mod api;
 mod attempt;
 mod day2;
 mod ecr;
+mod egress;
 mod fleet;
 mod hostile;
 mod keep;

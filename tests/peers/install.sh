@@ -2,7 +2,8 @@
 # Installs the real peers the integration tests start on 127.0.0.1, into a
 # cache outside the repository (keyed by the pinned versions), and prints
 # their locations as NAME=path lines:
-#   Debian: docker-registry (distribution), skopeo, htpasswd, openssl; for the
+#   Debian: docker-registry (distribution), skopeo, htpasswd, openssl,
+#           tinyproxy (tinyproxy-bin: the binary without its service); for the
 #           node harness (tests/node/up.sh): containerd, runc, the CNI
 #           loopback plugin and a static busybox (the test images' only binary)
 #   Go module proxy: distribution's contrib/token-server (tokenserver/go.mod)
@@ -25,7 +26,7 @@ hash_of() { cat "$@" | sha256sum | cut -c1-16; }
 # record (config-files) that `dpkg -s` still accepts.
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 missing=()
-for p in docker-registry skopeo apache2-utils openssl ca-certificates \
+for p in docker-registry skopeo apache2-utils openssl ca-certificates tinyproxy-bin \
   containerd runc containernetworking-plugins busybox-static; do
   installed "$p" || missing+=("$p")
 done
@@ -72,6 +73,7 @@ fi
 
 echo "REGISTRY=$(command -v docker-registry || echo /usr/bin/docker-registry)"
 echo "SKOPEO=$(command -v skopeo)"
+echo "TINYPROXY=$(command -v tinyproxy || echo /usr/bin/tinyproxy)"
 echo "HTPASSWD=$(command -v htpasswd)"
 echo "TOKEN_SERVER=$ts"
 echo "OAUTH2_SERVER=$oa/server.mjs"

@@ -14,6 +14,10 @@
 #   and REGCRED_PRIVATE_STANDIN (10.96.0.1, the `kubernetes` Service address
 #   and a private 10.x host): a test may serve on them to count what reaches
 #   them; nothing else is there.
+# - Test names, in the run's own /etc/hosts (the machine's entries, then):
+#   metadata.regcred.test (the metadata stand-in), private.regcred.test (the
+#   private stand-in) and tokens.regcred.test (127.0.0.2, an allowed host that
+#   is not the API server's 127.0.0.1).
 # - Processes: a PID namespace whose first process is this script. When it
 #   ends, or when the run is killed (even SIGKILL of its whole process group),
 #   the kernel kills everything the run started, daemonized shims included.
@@ -70,6 +74,11 @@ done
 # DNS: a resolver on the loopback that is not there answers at once.
 printf 'nameserver 127.0.0.1\noptions timeout:1 attempts:1\n' >"$run/resolv.conf"
 mount --bind "$run/resolv.conf" /etc/resolv.conf
+{ cat /etc/hosts 2>/dev/null || true
+  printf '%s metadata.regcred.test\n%s private.regcred.test\n127.0.0.2 tokens.regcred.test\n' \
+    "$REGCRED_METADATA_STANDIN" "$REGCRED_PRIVATE_STANDIN"
+} >"$run/hosts"
+mount --bind "$run/hosts" /etc/hosts
 export REGCRED_SEALED=1 CARGO_NET_OFFLINE=true GOPROXY=off TMPDIR=$run
 
 "$@" &

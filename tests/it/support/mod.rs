@@ -6,6 +6,7 @@ pub mod node;
 pub mod objects;
 pub mod operator;
 pub mod peers;
+pub mod proxy;
 pub mod seal;
 
 pub use cluster::*;
@@ -13,4 +14,5 @@ pub use node::*;
 pub use objects::*;
 pub use operator::Operator;
 pub use peers::*;
+pub use proxy::Tinyproxy;
 pub use seal::*;

@@ -1,0 +1,128 @@
+//! One egress policy for every connection regcred makes: through a real
+//! forward proxy (tinyproxy), in the AWS SDK's client, in the CLI, in
+//! metadata discovery. "Denied" addresses are the sealed run's stand-ins on
+//! its loopback (tests/seal/sealed.sh), reached by the test names it puts
+//! in the run's /etc/hosts.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+use serde_json::json;
+
+use crate::day2::cli_with;
+use crate::support::*;
+
+fn message(cr: &regcred::api::RegistryCredential) -> String {
+    cr.ready().map(|c| c.message.clone()).unwrap_or_default()
+}
+
+/// `h`'s URL for `case` with the host replaced by `name` (a test name that
+/// resolves to `h`'s address).
+fn by_name(h: &Hostile, name: &str, case: &str, body: &str) -> String {
+    let addr = h.host();
+    let ip = addr.rsplit_once(':').unwrap().0;
+    h.url(case, "body", &[("b", body)]).replacen(ip, name, 1)
+}
+
+fn http_source(url: &str) -> serde_json::Value {
+    json!({"source": {"http": {"url": url, "allowInsecureHTTP": true, "registries": ["registry.example.com"]}}})
+}
+
+/// The variables a cluster-wide proxy (OpenShift's) injects into operator
+/// Pods; `NO_PROXY` names the API server (127.0.0.1 here).
+fn openshift_proxy_env(proxy: &Tinyproxy) -> Vec<(&'static str, String)> {
+    vec![
+        ("HTTP_PROXY", proxy.url.clone()),
+        ("HTTPS_PROXY", proxy.url.clone()),
+        ("NO_PROXY", "127.0.0.1,localhost,.cluster.local,.svc,10.96.0.0/12".to_string()),
+    ]
+}
+
+#[tokio::test]
+async fn a_proxy_carries_token_requests_but_not_past_the_egress_policy() {
+    if !sealed() {
+        println!("skipped: needs the sealed run's test names (tests/seal/sealed.sh), which resolve to its stand-ins");
+        return;
+    }
+    let (client, ns) = setup("egress-proxy").await;
+    // The proxy and the token servers on loopback addresses NO_PROXY does not name.
+    let proxy = Tinyproxy::start("127.0.0.4").await;
+    let allowed = Hostile::start("127.0.0.2", None).await;
+    let metadata = metadata_standin();
+    let denied = Hostile::start(&metadata, None).await;
+    let env = openshift_proxy_env(&proxy);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let operator = Operator::start_with(&ns.name, &["--egress-deny-cidrs", &format!("169.254.0.0/16,{metadata}/32")], &env);
+
+    let body = r#"{"token":"proxied-tok-{n}","expires_in":3600}"#;
+    create_credential(&client, &ns.name, "through-proxy", http_source(&by_name(&allowed, "tokens.regcred.test", "ok", body))).await;
+    create_credential(&client, &ns.name, "to-metadata", http_source(&by_name(&denied, "metadata.regcred.test", "stolen", body))).await;
+    create_credential(&client, &ns.name, "metadata-literal", http_source(&denied.url("literal", "body", &[("b", body)]))).await;
+
+    // The allowed host works through the proxy.
+    wait_ready(&client, &ns.name, "through-proxy", "True", Some("Rotated"), Duration::from_secs(60)).await;
+    let s = Api::<Secret>::namespaced(client.clone(), &ns.name).get("through-proxy").await.unwrap();
+    assert!(password_in(&s, "registry.example.com").starts_with("proxied-tok-"));
+    let asked = proxy.requests();
+    assert!(asked.iter().any(|r| r.starts_with("GET http://tokens.regcred.test:") && r.contains("/c/ok/body")), "the proxy carried: {asked:?}");
+
+    // A name that resolves to a denied address is refused before the proxy is asked.
+    for name in ["to-metadata", "metadata-literal"] {
+        let cr = wait_ready(&client, &ns.name, name, "False", Some("EgressDenied"), Duration::from_secs(60)).await;
+        assert!(message(&cr).contains("is denied by the operator's egress policy"), "{name}: {}", message(&cr));
+    }
+    assert!(message(&wait_ready(&client, &ns.name, "to-metadata", "False", None, Duration::from_secs(5)).await).contains("metadata.regcred.test"));
+    let asked = proxy.requests();
+    assert!(!asked.iter().any(|r| r.contains("metadata.regcred.test") || r.contains(&metadata)), "the proxy was asked for the denied host: {asked:?}");
+    assert_eq!(denied.total().await, 0, "the denied stand-in was reached");
+    // The API server is in NO_PROXY: the operator reached it directly.
+    assert!(!asked.iter().any(|r| r.contains("127.0.0.1:")), "the API server connection went through the proxy: {asked:?}");
+    assert!(operator.logs().contains("watching RegistryCredentials"), "the operator did not start behind the proxy");
+    assert_no_secrets(&client, &ns.name, &operator, &["proxied-tok-".to_string()]).await;
+}
+
+#[tokio::test]
+async fn the_api_server_is_reached_through_the_proxy_unless_no_proxy_names_it() {
+    let (_client, ns) = setup("egress-api-proxy").await;
+    let proxy = Tinyproxy::start("127.0.0.4").await;
+    // No NO_PROXY: the commands reach the API server through the proxy (CONNECT).
+    let (code, _, err) = cli_with(&["status", "-n", &ns.name], &[("HTTPS_PROXY", &proxy.url), ("NO_PROXY", ""), ("no_proxy", "")]);
+    assert_eq!(code, 0, "{err}");
+    let asked = proxy.requests();
+    assert!(asked.iter().any(|r| r.starts_with("CONNECT 127.0.0.1:")), "the proxy carried: {asked:?}");
+    // NO_PROXY names it: straight there.
+    let before = asked.len();
+    let (code, _, err) = cli_with(&["status", "-n", &ns.name], &[("HTTPS_PROXY", &proxy.url), ("NO_PROXY", "localhost,127.0.0.1"), ("no_proxy", "")]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(proxy.requests().len(), before, "NO_PROXY names the API server, yet the proxy was asked: {:?}", proxy.requests());
+}
+
+#[tokio::test]
+async fn an_aws_endpoint_override_by_name_obeys_the_egress_policy() {
+    let (client, ns) = setup("egress-aws").await;
+    let moto = MotoEcr::start(43_200, &[]).await;
+    // The admin allows the override by name, and denies the address the
+    // name resolves to (localhost: 127.0.0.1, where moto listens).
+    let named = format!("http://localhost:{}", moto.port);
+    let operator = Operator::start_with(
+        &ns.name,
+        &["--aws-endpoint-overrides", &named, "--egress-deny-cidrs", "127.0.0.0/8,::1/128", "--ecr-role-arns", "arn:aws:iam::210987654321:role/pull*"],
+        &[],
+    );
+    create_secret(&client, &ns.name, "aws-keys", json!({"AWS_ACCESS_KEY_ID": "AKIASTATIC0000000001", "AWS_SECRET_ACCESS_KEY": "aws-secret-key-egress1"})).await;
+    let ecr = |extra: serde_json::Value| {
+        let mut spec = json!({"region": "eu-west-1", "endpoint": named, "allowInsecureHTTP": true, "credentialsSecretRef": {"name": "aws-keys"}});
+        spec.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        json!({"source": {"ecr": spec}})
+    };
+    create_credential(&client, &ns.name, "ecr-by-name", ecr(json!({}))).await;
+    create_credential(&client, &ns.name, "sts-by-name", ecr(json!({"stsEndpoint": named, "roleArn": "arn:aws:iam::210987654321:role/pull"}))).await;
+    for name in ["ecr-by-name", "sts-by-name"] {
+        let cr = wait_ready(&client, &ns.name, name, "False", Some("EgressDenied"), Duration::from_secs(60)).await;
+        assert!(message(&cr).contains("egress to localhost is denied"), "{name}: {}", message(&cr));
+    }
+    assert_eq!(moto.calls("GetAuthorizationToken").await, 0, "ECR was asked");
+    assert_eq!(moto.calls("AssumeRole").await, 0, "STS was asked");
+    assert_no_secrets(&client, &ns.name, &operator, &["aws-secret-key-egress1".to_string()]).await;
+}
