@@ -435,7 +435,12 @@ pub async fn mint(args: MintArgs) -> Result<(), CliError> {
     } else {
         std::fs::read_to_string(&args.file).map_err(|e| CliError::Failed(format!("reading {}: {e}", args.file.display())))?
     };
-    let cr: RegistryCredential = serde_yaml::from_str(&text).map_err(|e| CliError::Failed(format!("{} is not a RegistryCredential: {e}", args.file.display())))?;
+    // Checked as the API server would admit it (the CRD's schema) before
+    // anything is read: a Secret name, for one, can never be a path.
+    let not_one = |e: &dyn std::fmt::Display| CliError::Failed(format!("{} is not a RegistryCredential: {e}", args.file.display()));
+    let raw: serde_json::Value = serde_yaml::from_str(&text).map_err(|e| not_one(&e))?;
+    crate::validate::manifest(&raw, false).map_err(|errs| not_one(&errs.join("; ")))?;
+    let cr: RegistryCredential = serde_json::from_value(raw).map_err(|e| not_one(&e))?;
     let client = match (&args.secrets_dir, client().await) {
         (None, Ok(c)) => {
             // Secrets come from the cluster: a cluster that cannot be

@@ -11,7 +11,7 @@
 //!    attempts), `metrics`, `slots` (the fair queue every attempt waits
 //!    in: limits per namespace and origin, renewals first), `events`
 //!    (publishing Events, a new one when the note changes), `telemetry`,
-//!    `crdgen`.
+//!    `crdgen`, `validate` (a manifest checked against the CRD's schema).
 //! 2. `context`: settings, the shared state of every reconcile, deadlines,
 //!    the panic backstop, Events.
 //! 3. The parts of a reconcile: `index` (which credentials read which
@@ -55,6 +55,7 @@ pub mod slots;
 pub mod source;
 pub mod status;
 pub mod telemetry;
+pub mod validate;
 
 /// Make ring the process-wide rustls provider. Both ring (kube, our HTTP
 /// client) and aws-lc-rs (the AWS SDK) are linked, so rustls cannot pick one

@@ -32,6 +32,11 @@ impl SecretReader {
     }
 
     fn read_dir(&self, dir: &std::path::Path, name: &str) -> Result<(String, BTreeMap<String, Vec<u8>>), SourceError> {
+        // A Secret's name is a DNS-1123 subdomain (the CRD says so, and
+        // `mint` checks the manifest against it): never a path out of DIR.
+        if !crate::validate::is_dns1123_subdomain(name) {
+            return Err(SourceError::InvalidSpec { field: "the name of a referenced Secret", problem: "must be a DNS-1123 subdomain".into() });
+        }
         let path = dir.join(name);
         let entries = std::fs::read_dir(&path).map_err(|_| SourceError::SecretNotFound { namespace: path.display().to_string(), name: name.to_string() })?;
         let mut data = BTreeMap::new();
@@ -71,6 +76,30 @@ impl SecretReader {
     pub async fn key(&self, name: &str, key: &str) -> Result<SecretString, SourceError> {
         let mut data = self.data(name).await?;
         take_key(&mut data, name, key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn secrets_from_files_stay_in_the_directory() {
+        let base = std::env::temp_dir().join(format!("regcred-reader-{}", std::process::id()));
+        let dir = base.join("secrets");
+        std::fs::create_dir_all(dir.join("robot")).unwrap();
+        std::fs::create_dir_all(base.join("outside")).unwrap();
+        std::fs::write(dir.join("robot/password"), "inside-pw").unwrap();
+        std::fs::write(base.join("outside/password"), "outside-pw").unwrap();
+        let client = Client::try_from(kube::Config::new("http://127.0.0.1:1".parse().unwrap())).unwrap();
+        let r = SecretReader::new(client, "ns").from_dir(dir.clone());
+        assert_eq!(secrecy::ExposeSecret::expose_secret(&r.key("robot", "password").await.unwrap()), "inside-pw");
+        for name in ["../outside", "..", "/etc", "robot/../../outside"] {
+            let e = r.data(name).await.unwrap_err();
+            assert_eq!(e.category(), "InvalidSpec", "{name}: {e}");
+            assert!(!e.to_string().contains("outside-pw"));
+        }
+        let _ = std::fs::remove_dir_all(&base);
     }
 }
 

@@ -126,3 +126,48 @@ async fn an_aws_endpoint_override_by_name_obeys_the_egress_policy() {
     assert_eq!(moto.calls("AssumeRole").await, 0, "STS was asked");
     assert_no_secrets(&client, &ns.name, &operator, &["aws-secret-key-egress1".to_string()]).await;
 }
+
+#[tokio::test]
+async fn mint_reads_secrets_only_inside_its_secrets_dir() {
+    let (_client, ns) = setup("egress-mint-dir").await;
+    // A token server that captures what it is sent (counted per case).
+    let capture = Hostile::start("127.0.0.1", None).await;
+    let base = TempDir::new("mint-dir");
+    let inside = base.join("secrets");
+    for (dir, secret) in [(inside.join("client"), "inside-client-secret-3"), (base.join("outside"), "outside-client-secret-7")] {
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("client_id"), "client-1").unwrap();
+        std::fs::write(dir.join("client_secret"), secret).unwrap();
+    }
+    let body = r#"{"access_token":"captured-tok","expires_in":3600}"#;
+    let oauth2 = |case: &str, name: &str| {
+        json!({"apiVersion": "regcred.dev/v1alpha1", "kind": "RegistryCredential", "metadata": {"name": "local"},
+            "spec": {"source": {"oauth2": {"tokenURL": capture.url(case, "body", &[("b", body)]), "allowInsecureHTTP": true,
+                "clientSecretRef": {"name": name}, "registries": ["registry.example.com"]}}}})
+    };
+    let ecr = json!({"apiVersion": "regcred.dev/v1alpha1", "kind": "RegistryCredential", "metadata": {"name": "local"},
+        "spec": {"source": {"ecr": {"region": "eu-west-1", "endpoint": capture.url("aws", "body", &[]), "allowInsecureHTTP": true,
+            "credentialsSecretRef": {"name": "../../root/.aws"}}}}});
+    let mint = |manifest: &serde_json::Value, file: &str| {
+        let path = base.join(file);
+        std::fs::write(&path, serde_yaml::to_string(manifest).unwrap()).unwrap();
+        cli_with(&["mint", "-f", path.to_str().unwrap(), "-n", &ns.name, "--secrets-dir", inside.to_str().unwrap()], &[])
+    };
+    let mut outputs = Vec::new();
+    for (manifest, field) in [(oauth2("escape", "../outside"), "spec.source.oauth2.clientSecretRef.name"), (ecr, "spec.source.ecr.credentialsSecretRef.name")] {
+        let (code, out, err) = mint(&manifest, "escape.yaml");
+        assert_eq!(code, 1, "{out}{err}");
+        assert!(err.contains(&format!("{field}: must match")), "{err}");
+        outputs.extend([out, err]);
+    }
+    let counts = capture.counts().await;
+    assert_eq!(counts.get("escape").copied().unwrap_or(0) + counts.get("aws").copied().unwrap_or(0), 0, "a secret from outside the directory was sent: {counts:?}");
+    // The directory itself works: the inside Secret is read and sent.
+    let (code, out, err) = mint(&oauth2("inside", "client"), "inside.yaml");
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(capture.counts().await.get("inside").copied(), Some(1));
+    outputs.extend([out, err]);
+    for o in &outputs {
+        assert!(!o.contains("outside-client-secret-7") && !o.contains("inside-client-secret-3") && !o.contains("captured-tok"), "{o}");
+    }
+}

@@ -1,0 +1,199 @@
+//! A manifest checked against the CRD's schema the way the API server checks
+//! it at admission, for the commands that read manifests from files
+//! (`regcred mint -f`): types, required fields, unknown fields, enums,
+//! patterns, lengths, item counts and bounds, from the same generated schema
+//! that `crds/` holds. Names of referenced Secrets, for one, are DNS-1123
+//! subdomains there, so no name can be a path. The CRD's CEL rules are not
+//! evaluated here; the sources check the same things again when they mint
+//! (https only unless allowed, exactly one source, duration bounds).
+//!
+//! Messages name the field and the rule, never the value (a header value
+//! may be a token).
+
+use serde_json::Value;
+
+/// Check a RegistryCredential (`cluster`: a ClusterRegistryCredential)
+/// manifest. Every problem found, each naming its field.
+pub fn manifest(v: &Value, cluster: bool) -> Result<(), Vec<String>> {
+    let crd = if cluster { crate::crdgen::cluster_crd() } else { crate::crdgen::crd() };
+    let kind = crd["spec"]["names"]["kind"].as_str().unwrap_or_default().to_string();
+    let group = crd["spec"]["group"].as_str().unwrap_or_default().to_string();
+    let mut errs = Vec::new();
+    let api_version = v.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+    let version = api_version.strip_prefix(&format!("{group}/")).unwrap_or_default();
+    let Some(served) = crd["spec"]["versions"].as_array().and_then(|vs| vs.iter().find(|x| x["name"] == version)) else {
+        let names: Vec<&str> = crd["spec"]["versions"].as_array().into_iter().flatten().filter_map(|x| x["name"].as_str()).collect();
+        return Err(vec![format!("apiVersion: must be {group}/{}", names.join(" or "))]);
+    };
+    if v.get("kind").and_then(Value::as_str) != Some(kind.as_str()) {
+        errs.push(format!("kind: must be {kind}"));
+    }
+    if let Some(name) = v.pointer("/metadata/name") {
+        match name.as_str() {
+            Some(n) if is_dns1123_subdomain(n) => {}
+            _ => errs.push("metadata.name: must be a DNS-1123 subdomain (lower-case letters, digits, '-' and '.', at most 253)".into()),
+        }
+    }
+    let schema = &served["schema"]["openAPIV3Schema"];
+    // (status is the operator's: the API server drops it on create)
+    match v.get("spec") {
+        Some(spec) => walk(spec, &schema["properties"]["spec"], "spec", &mut errs),
+        None => errs.push("spec: Required value".into()),
+    }
+    if errs.is_empty() { Ok(()) } else { Err(errs) }
+}
+
+/// What the API server accepts as the name of a Secret (and most objects).
+pub fn is_dns1123_subdomain(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|label| {
+            let b = label.as_bytes();
+            !b.is_empty()
+                && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+                && b[0] != b'-'
+                && b[b.len() - 1] != b'-'
+        })
+}
+
+const MAX_DEPTH: usize = 64;
+
+fn walk(v: &Value, schema: &Value, path: &str, errs: &mut Vec<String>) {
+    if path.matches('.').count() > MAX_DEPTH || errs.len() > 100 {
+        return;
+    }
+    let preserve = schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true));
+    if schema.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true)) {
+        if !(v.is_i64() || v.is_u64() || v.is_string()) {
+            errs.push(format!("{path}: must be an integer or a string"));
+        }
+        return;
+    }
+    let ty = schema.get("type").and_then(Value::as_str);
+    let ok = match ty {
+        Some("object") => v.is_object(),
+        Some("array") => v.is_array(),
+        Some("string") => v.is_string(),
+        Some("integer") => v.is_i64() || v.is_u64(),
+        Some("number") => v.is_number(),
+        Some("boolean") => v.is_boolean(),
+        _ => true,
+    };
+    if !ok {
+        errs.push(format!("{path}: must be of type {}", ty.unwrap_or("?")));
+        return;
+    }
+    if let Some(allowed) = schema.get("enum").and_then(Value::as_array) {
+        if !allowed.contains(v) {
+            let list: Vec<String> = allowed.iter().map(|a| a.to_string()).collect();
+            errs.push(format!("{path}: must be one of {}", list.join(", ")));
+        }
+    }
+    let n = |k: &str| schema.get(k).and_then(Value::as_u64);
+    match v {
+        Value::String(s) => {
+            let len = s.chars().count() as u64;
+            if n("minLength").is_some_and(|m| len < m) {
+                errs.push(format!("{path}: must be at least {} characters", n("minLength").unwrap_or(0)));
+            }
+            if n("maxLength").is_some_and(|m| len > m) {
+                errs.push(format!("{path}: must be at most {} characters", n("maxLength").unwrap_or(0)));
+            }
+            if let Some(p) = schema.get("pattern").and_then(Value::as_str) {
+                match regex::Regex::new(p) {
+                    Ok(re) if re.is_match(s) => {}
+                    Ok(_) => errs.push(format!("{path}: must match '{p}'")),
+                    Err(_) => errs.push(format!("{path}: the schema's pattern does not compile")),
+                }
+            }
+        }
+        Value::Number(x) => {
+            let f = x.as_f64().unwrap_or(0.0);
+            if let Some(m) = schema.get("minimum").and_then(Value::as_f64).filter(|m| f < *m) {
+                errs.push(format!("{path}: must be at least {m}"));
+            }
+            if let Some(m) = schema.get("maximum").and_then(Value::as_f64).filter(|m| f > *m) {
+                errs.push(format!("{path}: must be at most {m}"));
+            }
+        }
+        Value::Array(items) => {
+            let len = items.len() as u64;
+            if n("minItems").is_some_and(|m| len < m) {
+                errs.push(format!("{path}: must have at least {} items", n("minItems").unwrap_or(0)));
+            }
+            if n("maxItems").is_some_and(|m| len > m) {
+                errs.push(format!("{path}: must have at most {} items", n("maxItems").unwrap_or(0)));
+                return;
+            }
+            if let Some(item) = schema.get("items") {
+                for (i, x) in items.iter().enumerate() {
+                    walk(x, item, &format!("{path}[{i}]"), errs);
+                }
+            }
+        }
+        Value::Object(map) => {
+            if n("maxProperties").is_some_and(|m| map.len() as u64 > m) {
+                errs.push(format!("{path}: must have at most {} entries", n("maxProperties").unwrap_or(0)));
+                return;
+            }
+            for r in schema.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str) {
+                if !map.contains_key(r) {
+                    errs.push(format!("{path}.{r}: Required value"));
+                }
+            }
+            let props = schema.get("properties").and_then(Value::as_object);
+            let extra = schema.get("additionalProperties").filter(|a| a.is_object());
+            for (k, x) in map {
+                let sub = format!("{path}.{k}");
+                if let Some(s) = props.and_then(|p| p.get(k)) {
+                    walk(x, s, &sub, errs);
+                } else if let Some(s) = extra {
+                    walk(x, s, &format!("{path}[{k:?}]"), errs);
+                } else if !preserve {
+                    errs.push(format!("{sub}: unknown field"));
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn cr(source: Value) -> Value {
+        json!({"apiVersion": "regcred.dev/v1alpha1", "kind": "RegistryCredential", "metadata": {"name": "local"}, "spec": {"source": source}})
+    }
+
+    #[test]
+    fn a_secret_name_that_is_a_path_is_refused_naming_the_field() {
+        for name in ["../../root/.aws", "/etc", "a/b", "..", "UPPER"] {
+            let v = cr(json!({"basic": {"secretRef": {"name": name}, "registries": ["r.example.com"]}}));
+            let errs = manifest(&v, false).unwrap_err();
+            assert!(errs.iter().any(|e| e.starts_with("spec.source.basic.secretRef.name: must match")), "{name}: {errs:?}");
+            assert!(!errs.iter().any(|e| e.contains(name)), "the value is echoed: {errs:?}");
+        }
+        let ok = cr(json!({"basic": {"secretRef": {"name": "robot.pull-1"}, "registries": ["r.example.com"]}}));
+        assert_eq!(manifest(&ok, false), Ok(()));
+    }
+
+    #[test]
+    fn types_required_unknown_and_bounds() {
+        let v = cr(json!({"oauth2": {"tokenURL": 7, "registries": [], "surprise": true}}));
+        let errs = manifest(&v, false).unwrap_err();
+        for want in ["spec.source.oauth2.tokenURL: must be of type string", "spec.source.oauth2.clientSecretRef: Required value", "spec.source.oauth2.surprise: unknown field"] {
+            assert!(errs.iter().any(|e| e == want), "{want} not in {errs:?}");
+        }
+        let mut v = cr(json!({"basic": {"secretRef": {"name": "s"}, "registries": ["r.example.com"]}}));
+        v["kind"] = json!("Secret");
+        assert!(manifest(&v, false).unwrap_err().contains(&"kind: must be RegistryCredential".to_string()));
+        v["apiVersion"] = json!("v1");
+        assert!(manifest(&v, false).unwrap_err()[0].starts_with("apiVersion: must be regcred.dev/"));
+        assert!(is_dns1123_subdomain("a.b-c"));
+        for bad in ["", "-a", "a-", "a..b", ".a", "a_b", &"a".repeat(254)] {
+            assert!(!is_dns1123_subdomain(bad), "{bad}");
+        }
+    }
+}
