@@ -260,6 +260,14 @@ pub struct Revocation {
     #[serde(default, rename = "revocationURL", skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 2048), pattern(r"^https?://[^\s/?#@]+([/?#]\S*)?$"))]
     pub revocation_url: Option<String>,
+    /// The authorization server's issuer (e.g.
+    /// `https://sso.example.com/realms/team`), where its metadata is looked
+    /// up when `revocationURL` is not set: OpenID Connect Discovery, then
+    /// RFC 8414. Without it, the token URL's path prefixes are tried, longest
+    /// first. Either way a document counts only if it names that issuer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048), pattern(r"^https?://[^\s/?#@]+(/[^\s?#]*)?$"))]
+    pub issuer: Option<String>,
 }
 
 /// Secret keys holding an OAuth2 client's id and secret.

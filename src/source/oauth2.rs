@@ -164,32 +164,133 @@ mod tests {
     }
 }
 
-/// The revocation endpoint: the spec's, else the server's metadata.
+/// How many issuers discovery tries when the spec names none: the token
+/// URL's longest path prefixes, then its origin (a hostile URL may have
+/// hundreds of segments).
+const MAX_ISSUER_CANDIDATES: usize = 6;
+
+/// Issuers the token URL's server may have: its path prefixes, longest
+/// first (Keycloak `…/realms/NAME`, Okta `…/oauth2/default`), then the
+/// origin (Auth0).
+fn issuer_candidates(token_url: &url::Url) -> Vec<url::Url> {
+    let segments: Vec<&str> = token_url.path_segments().map(|s| s.filter(|x| !x.is_empty()).collect()).unwrap_or_default();
+    let mut out = Vec::new();
+    for n in (1..segments.len()).rev().take(MAX_ISSUER_CANDIDATES - 1) {
+        let mut u = token_url.clone();
+        u.set_query(None);
+        u.set_fragment(None);
+        u.set_path(&format!("/{}", segments[..n].join("/")));
+        out.push(u);
+    }
+    let mut root = token_url.clone();
+    root.set_query(None);
+    root.set_fragment(None);
+    root.set_path("/");
+    out.push(root);
+    out
+}
+
+/// Where an issuer publishes its metadata: OpenID Connect Discovery 1.0 §4
+/// (the issuer, then `/.well-known/openid-configuration`) and RFC 8414 §3
+/// (`/.well-known/oauth-authorization-server` inserted before the path).
+fn metadata_urls(issuer: &url::Url) -> [url::Url; 2] {
+    let path = issuer.path().trim_end_matches('/').to_string();
+    let mut oidc = issuer.clone();
+    oidc.set_path(&format!("{path}/.well-known/openid-configuration"));
+    let mut rfc8414 = issuer.clone();
+    rfc8414.set_path(&format!("/.well-known/oauth-authorization-server{path}"));
+    [oidc, rfc8414]
+}
+
+/// Does a document's `issuer` name this one (a trailing slash aside)?
+fn same_issuer(claimed: &str, issuer: &url::Url) -> bool {
+    claimed.trim_end_matches('/') == issuer.as_str().trim_end_matches('/')
+}
+
+/// The revocation endpoint: the spec's, else the issuer's metadata.
 async fn revocation_endpoint(spec: &OAuth2Source, client: &httpclient::Client, token_url: &url::Url) -> Result<url::Url, SourceError> {
-    if let Some(u) = spec.revoke.as_ref().and_then(|r| r.revocation_url.as_deref()) {
+    let revoke = spec.revoke.as_ref();
+    if let Some(u) = revoke.and_then(|r| r.revocation_url.as_deref()) {
         return checked_url("spec.source.oauth2.revoke.revocationURL", u, &spec.client);
     }
     #[derive(Deserialize)]
     struct Metadata {
+        issuer: Option<String>,
         revocation_endpoint: Option<String>,
     }
-    for path in ["/.well-known/openid-configuration", "/.well-known/oauth-authorization-server"] {
-        let mut u = token_url.clone();
-        u.set_path(path);
-        u.set_query(None);
-        let endpoint = endpoint_of(&u);
-        let Ok(resp) = client.send(client.get(&u)?, &endpoint).await else { continue };
-        if !(200..300).contains(&resp.status) {
-            continue;
-        }
-        if let Some(e) = serde_json::from_slice::<Metadata>(&resp.body).ok().and_then(|m| m.revocation_endpoint) {
-            return checked_url("revocation_endpoint", &e, &spec.client);
+    let issuers = match revoke.and_then(|r| r.issuer.as_deref()) {
+        Some(i) => vec![checked_url("spec.source.oauth2.revoke.issuer", i, &spec.client)?],
+        None => issuer_candidates(token_url),
+    };
+    for issuer in &issuers {
+        for u in metadata_urls(issuer) {
+            let endpoint = endpoint_of(&u);
+            let Ok(resp) = client.send(client.get(&u)?, &endpoint).await else { continue };
+            if !(200..300).contains(&resp.status) {
+                continue;
+            }
+            let Ok(m) = serde_json::from_slice::<Metadata>(&resp.body) else { continue };
+            // Another issuer's document (a tenant's neighbour at the same
+            // origin) is not this server's.
+            if !m.issuer.as_deref().is_some_and(|claimed| same_issuer(claimed, issuer)) {
+                continue;
+            }
+            if let Some(e) = m.revocation_endpoint {
+                return checked_url("revocation_endpoint", &e, &spec.client);
+            }
         }
     }
     Err(SourceError::InvalidSpec {
         field: "spec.source.oauth2.revoke",
-        problem: "the server advertises no revocation_endpoint; set revocationURL".into(),
+        problem: format!(
+            "no metadata naming {} advertises a revocation_endpoint; set issuer or revocationURL",
+            match issuers.as_slice() {
+                [one] => format!("issuer {}", endpoint_of(one)),
+                many => format!("any of the {} issuers the token URL suggests", many.len()),
+            }
+        ),
     })
+}
+
+#[cfg(test)]
+mod discovery_tests {
+    use super::*;
+
+    fn u(s: &str) -> url::Url {
+        url::Url::parse(s).unwrap()
+    }
+
+    #[test]
+    fn issuers_follow_the_token_urls_path() {
+        let got: Vec<String> = issuer_candidates(&u("https://sso.example.com/realms/team/protocol/openid-connect/token?x=1")).iter().map(|x| x.to_string()).collect();
+        assert_eq!(got, [
+            "https://sso.example.com/realms/team/protocol/openid-connect",
+            "https://sso.example.com/realms/team/protocol",
+            "https://sso.example.com/realms/team",
+            "https://sso.example.com/realms",
+            "https://sso.example.com/",
+        ]);
+        assert_eq!(issuer_candidates(&u("https://a.example/token")).len(), 1);
+        // A hostile depth asks a bounded number of issuers, the origin always among them.
+        let deep = format!("https://a.example/{}token", "x/".repeat(500));
+        let c = issuer_candidates(&u(&deep));
+        assert_eq!(c.len(), MAX_ISSUER_CANDIDATES);
+        assert_eq!(c.last().unwrap().as_str(), "https://a.example/");
+    }
+
+    #[test]
+    fn metadata_per_oidc_discovery_and_rfc_8414() {
+        let [oidc, rfc] = metadata_urls(&u("https://sso.example.com/realms/team"));
+        assert_eq!(oidc.as_str(), "https://sso.example.com/realms/team/.well-known/openid-configuration");
+        assert_eq!(rfc.as_str(), "https://sso.example.com/.well-known/oauth-authorization-server/realms/team");
+        let [oidc, rfc] = metadata_urls(&u("https://tenant.auth0.com/"));
+        assert_eq!(oidc.as_str(), "https://tenant.auth0.com/.well-known/openid-configuration");
+        assert_eq!(rfc.as_str(), "https://tenant.auth0.com/.well-known/oauth-authorization-server");
+        assert!(same_issuer("https://tenant.auth0.com/", &u("https://tenant.auth0.com")));
+        assert!(same_issuer("https://sso.example.com/realms/team", &u("https://sso.example.com/realms/team")));
+        assert!(!same_issuer("https://sso.example.com/realms/other", &u("https://sso.example.com/realms/team")));
+        assert!(!same_issuer("https://sso.example.com", &u("https://sso.example.com/realms/team")));
+    }
 }
 
 /// Revoke an access token (RFC 7009), authenticating as for the token

@@ -171,3 +171,44 @@ async fn mint_reads_secrets_only_inside_its_secrets_dir() {
         assert!(!o.contains("outside-client-secret-7") && !o.contains("inside-client-secret-3") && !o.contains("captured-tok"), "{o}");
     }
 }
+
+#[tokio::test]
+async fn revocation_finds_an_issuer_under_a_path_and_ignores_another_tenants_document() {
+    let (client, ns) = setup("egress-discovery").await;
+    // Mounted as Keycloak realms are; the root's discovery document belongs
+    // to another tenant and names that tenant's revocation endpoint.
+    let server = OAuth2Server::start_mounted(3600, "/realms/team-a").await;
+    let origin = format!("http://127.0.0.1:{}", server.port);
+    let _operator = Operator::start(&ns.name);
+    create_secret(&client, &ns.name, "client", json!({"client_id": "regcred-basic", "client_secret": server.secret})).await;
+    let spec = |revoke: serde_json::Value| {
+        json!({"source": {"oauth2": {"tokenURL": server.token_url(), "allowInsecureHTTP": true, "clientSecretRef": {"name": "client"},
+            "registries": ["registry.example.com"], "revoke": revoke}}})
+    };
+    create_credential(&client, &ns.name, "derived", spec(json!({"onDelete": true}))).await;
+    create_credential(&client, &ns.name, "named", spec(json!({"onDelete": true, "issuer": server.base()}))).await;
+    create_credential(&client, &ns.name, "wrong-issuer", spec(json!({"onDelete": true, "issuer": origin}))).await;
+    let api: Api<regcred::api::RegistryCredential> = Api::namespaced(client.clone(), &ns.name);
+    let mut tokens = Vec::new();
+    for name in ["derived", "named", "wrong-issuer"] {
+        let cr = wait_ready(&client, &ns.name, name, "True", Some("Rotated"), Duration::from_secs(60)).await;
+        let s = Api::<Secret>::namespaced(client.clone(), &ns.name).get(name).await.unwrap();
+        let token = password_in(&s, "registry.example.com");
+        assert!(server.active(&token).await, "{name}");
+        tokens.push((name, token, cr.metadata.uid.unwrap()));
+        api.delete(name, &Default::default()).await.unwrap();
+    }
+    // Found under the issuer's path (from the token URL, or named): revoked.
+    for (name, token, _) in &tokens[..2] {
+        wait_for(Duration::from_secs(30), &format!("{name}'s token revoked"), || async { (!server.active(token).await).then_some(()) }).await;
+    }
+    // Named as the origin, whose document names another issuer: not used.
+    let (_, token, uid) = &tokens[2];
+    let said = wait_for(Duration::from_secs(30), "a RevocationFailed Event", || async {
+        event_messages(&client, &ns.name, uid).await.into_iter().find(|m| m.starts_with("Revoking a token failed"))
+    })
+    .await;
+    assert!(said.contains("no metadata naming issuer") && said.contains("set issuer or revocationURL"), "{said}");
+    assert!(server.active(token).await, "revoked through another tenant's document?");
+    assert_eq!(server.foreign_requests().await, 0, "another tenant's endpoint was asked");
+}

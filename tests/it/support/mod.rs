@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod node;
+pub mod oauth2;
 pub mod objects;
 pub mod operator;
 pub mod peers;
@@ -11,6 +12,7 @@ pub mod seal;
 
 pub use cluster::*;
 pub use node::*;
+pub use oauth2::*;
 pub use objects::*;
 pub use operator::Operator;
 pub use peers::*;

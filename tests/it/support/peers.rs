@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+use super::oauth2::OAuth2Server;
 use super::repo_root;
 
 /// Paths printed by tests/peers/install.sh.
@@ -58,7 +59,7 @@ pub fn free_port() -> u16 {
 /// A scratch directory removed on drop.
 pub struct TempDir(pub PathBuf);
 
-static NEXT_DIR: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+pub(crate) static NEXT_DIR: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl TempDir {
     pub fn new(prefix: &str) -> Self {
@@ -374,7 +375,7 @@ impl Registry {
     }
 }
 
-fn sha256_hex(b: &[u8]) -> String {
+pub(crate) fn sha256_hex(b: &[u8]) -> String {
     Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect()
 }
 
@@ -456,165 +457,6 @@ fn skopeo_pull_with(dockerconfigjson: &[u8], image: &str, cert_dir: Option<&Path
     };
     cmd.arg("--authfile").arg(&authfile);
     skopeo_copy_out(cmd, image, &dir)
-}
-
-/// The OAuth2 server (oidc-provider) with a fixed port, so it can be stopped
-/// and started again at the same address.
-pub struct OAuth2Server {
-    pub port: u16,
-    pub secret: String,
-    ttl: u64,
-    dir: TempDir,
-    proc: Option<Proc>,
-    /// (server cert, key, CA, client CA required) when serving https.
-    tls: Option<OAuth2Tls>,
-}
-
-/// How an [`OAuth2Server`] serves https.
-#[derive(Clone)]
-pub struct OAuth2Tls {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    pub ca: PathBuf,
-    /// Demand a client certificate signed by the CA; the tests' own calls
-    /// then present `client_cert`/`client_key`.
-    pub client: Option<(PathBuf, PathBuf)>,
-}
-
-impl OAuth2Server {
-    pub async fn start(ttl_seconds: u64) -> Self {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-        let secret = format!("client-secret-{}", &sha256_hex(format!("{}-{nanos}", std::process::id()).as_bytes())[..32]);
-        let mut s = Self { port: free_port(), secret, ttl: ttl_seconds, dir: TempDir::new("oauth2"), proc: None, tls: None };
-        s.launch().await;
-        s
-    }
-
-    /// The same over https with certificates from [`TestCerts`]; with
-    /// `mutual`, clients must present a certificate signed by the test CA.
-    pub async fn start_tls(ttl_seconds: u64, certs: &TestCerts, mutual: bool) -> Self {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-        let secret = format!("client-secret-{}", &sha256_hex(format!("tls-{}-{nanos}", std::process::id()).as_bytes())[..32]);
-        let tls = OAuth2Tls {
-            cert: certs.path("server.crt"),
-            key: certs.path("server.key"),
-            ca: certs.path("ca.crt"),
-            client: mutual.then(|| (certs.path("client.crt"), certs.path("client.key"))),
-        };
-        let mut s = Self { port: free_port(), secret, ttl: ttl_seconds, dir: TempDir::new("oauth2"), proc: None, tls: Some(tls) };
-        s.launch().await;
-        s
-    }
-
-    pub fn base(&self) -> String {
-        let scheme = if self.tls.is_some() { "https" } else { "http" };
-        format!("{scheme}://127.0.0.1:{}", self.port)
-    }
-
-    pub fn token_url(&self) -> String {
-        format!("{}/token", self.base())
-    }
-
-    /// A client for the tests' own calls (stats, introspection).
-    fn http(&self) -> reqwest::Client {
-        regcred::install_crypto_provider();
-        let mut b = reqwest::Client::builder();
-        if let Some(t) = &self.tls {
-            let ca = reqwest::Certificate::from_pem(&std::fs::read(&t.ca).unwrap()).unwrap();
-            b = b.tls_built_in_root_certs(false).add_root_certificate(ca);
-            if let Some((crt, key)) = &t.client {
-                let mut pem = std::fs::read(crt).unwrap();
-                pem.extend(std::fs::read(key).unwrap());
-                b = b.identity(reqwest::Identity::from_pem(&pem).unwrap());
-            }
-        }
-        b.build().unwrap()
-    }
-
-    /// The first start. The port was free when chosen, but any process may
-    /// bind it before the server does (an ephemeral port): then the server
-    /// exits, and it gets another port.
-    async fn launch(&mut self) {
-        for _ in 0..5 {
-            if self.spawn_listening().await {
-                return;
-            }
-            self.port = free_port();
-        }
-        panic!("the OAuth2 server found no free port in 5 tries");
-    }
-
-    /// Start again on the same port (after [`stop`](Self::stop)).
-    pub async fn resume(&mut self) {
-        assert!(self.spawn_listening().await, "the OAuth2 server could not listen on port {} again", self.port);
-    }
-
-    /// Spawn the server on `self.port` and wait until it says it listens
-    /// there (its own line, not a connection that anything on the port
-    /// would accept); false when it exited first.
-    async fn spawn_listening(&mut self) -> bool {
-        let script = peers().path("OAUTH2_SERVER");
-        let mut cmd = Command::new("node");
-        cmd.arg(script)
-            .current_dir(script.parent().unwrap())
-            .env("PORT", self.port.to_string())
-            .env("TOKEN_TTL", self.ttl.to_string())
-            .env("CLIENT_SECRET", &self.secret);
-        if let Some(t) = &self.tls {
-            cmd.env("TLS_CERT", &t.cert).env("TLS_KEY", &t.key);
-            if t.client.is_some() {
-                cmd.env("TLS_CLIENT_CA", &t.ca);
-            }
-        }
-        let n = NEXT_DIR.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let log = self.dir.join(&format!("oauth2-{n}.log"));
-        let proc = self.proc.insert(Proc::spawn(cmd, log));
-        let listening = format!("LISTENING {}", self.port);
-        for _ in 0..300 {
-            if proc.output().contains(&listening) {
-                return true;
-            }
-            if !proc.is_running() {
-                eprintln!("the OAuth2 server exited before listening on {}:\n{}", self.port, proc.output());
-                self.proc = None;
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("the OAuth2 server did not listen on {} within 15 s:\n{}", self.port, proc.output());
-    }
-
-    pub fn stop(&mut self) {
-        if let Some(mut p) = self.proc.take() {
-            p.stop();
-        }
-    }
-
-    /// (token requests, tokens issued) since this process started.
-    pub async fn stats(&self) -> (u64, u64) {
-        let body = self.http().get(format!("{}/_stats", self.base())).send().await.unwrap().bytes().await.unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        (v["token_requests"].as_u64().unwrap(), v["tokens_issued"].as_u64().unwrap())
-    }
-
-    /// Is this access token active, according to the server (RFC 7662)?
-    pub async fn active(&self, token: &str) -> bool {
-        let form: String = url::form_urlencoded::Serializer::new(String::new()).append_pair("token", token).finish();
-        let body = self
-            .http()
-            .post(format!("{}/token/introspection", self.base()))
-            .basic_auth("regcred-basic", Some(&self.secret))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(form)
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        v["active"].as_bool().unwrap_or(false)
-    }
 }
 
 /// moto's server for ECR and STS behind tests/peers/moto_ecr.py (current

@@ -8,6 +8,12 @@
 // With TLS_CERT and TLS_KEY (PEM files) it serves https; with TLS_CLIENT_CA
 // as well it demands a client certificate signed by that CA (mutual TLS).
 //
+// With MOUNT_PATH (e.g. /realms/team-a) the provider is mounted there, its
+// issuer carrying the path (as Keycloak, Okta and Auth0 publish theirs), and
+// the root's /.well-known/openid-configuration is another tenant's document:
+// issuer .../realms/other, revocation_endpoint .../realms/other/revoke. What
+// reaches /realms/other/ is counted ("foreign_requests") and answered 200.
+//
 // Prints `LISTENING <port>` once it accepts connections. GET /_stats answers
 // {"token_requests": n, "tokens_issued": n} so tests can count mints.
 import Provider from 'oidc-provider';
@@ -20,7 +26,8 @@ if (!secret) {
   process.exit(2);
 }
 
-const stats = { token_requests: 0, tokens_issued: 0 };
+const stats = { token_requests: 0, tokens_issued: 0, foreign_requests: 0 };
+const mount = (process.env.MOUNT_PATH || '').replace(/\/$/, '');
 
 const client = (id, method) => ({
   client_id: id,
@@ -36,7 +43,7 @@ const tls = process.env.TLS_CERT && process.env.TLS_KEY;
 const scheme = tls ? 'https' : 'http';
 
 function start(issuerPort) {
-  const provider = new Provider(`${scheme}://127.0.0.1:${issuerPort}`, {
+  const provider = new Provider(`${scheme}://127.0.0.1:${issuerPort}${mount}`, {
     clients: [client('regcred-basic', 'client_secret_basic'), client('regcred-post', 'client_secret_post')],
     features: {
       clientCredentials: { enabled: true },
@@ -78,7 +85,31 @@ if (tls) {
 server.listen(port, '127.0.0.1', () => {
   const actual = server.address().port;
   const provider = start(actual);
-  server.on('request', provider.callback());
+  const callback = provider.callback();
+  const json = (res, body) => {
+    res.setHeader('content-type', 'application/json');
+    res.end(JSON.stringify(body));
+  };
+  server.on('request', (req, res) => {
+    if (!mount) return callback(req, res);
+    const path = req.url.split('?')[0];
+    if (path === '/.well-known/openid-configuration') {
+      const other = `${scheme}://127.0.0.1:${actual}/realms/other`;
+      return json(res, { issuer: other, token_endpoint: `${other}/token`, revocation_endpoint: `${other}/revoke` });
+    }
+    if (path.startsWith('/realms/other/')) {
+      stats.foreign_requests += 1;
+      return json(res, {});
+    }
+    if (path === '/_stats') return json(res, stats);
+    if (path === mount || path.startsWith(`${mount}/`)) {
+      req.originalUrl = req.url;
+      req.url = req.url.slice(mount.length) || '/';
+      return callback(req, res);
+    }
+    res.statusCode = 404;
+    return res.end();
+  });
   console.log(`LISTENING ${actual}`);
 });
 const stop = () => server.close(() => process.exit(0));
