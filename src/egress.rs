@@ -195,12 +195,24 @@ impl aws_smithy_runtime_api::client::dns::ResolveDns for AwsResolver {
     }
 }
 
-/// The AWS SDK's HTTP client bound to the policy (rustls; the SDK's own
-/// trust store and timeouts). One per policy, shared by every STS and ECR
-/// client so connections are pooled.
+/// The AWS SDK's HTTP client bound to the policy: the SDK's default client
+/// (rustls with aws-lc, the SDK's trust store, timeouts and the standard
+/// proxy variables) with the policy's resolver. One per policy, shared by
+/// every STS and ECR client so connections are pooled. Through a proxy the
+/// proxy resolves the target: the ECR source checks a tenant's override
+/// with [`EgressPolicy::check_proxied`] before asking.
 pub fn aws_http_client(policy: Arc<EgressPolicy>) -> aws_smithy_runtime_api::client::http::SharedHttpClient {
     use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
-    aws_smithy_http_client::Builder::new().tls_provider(Provider::Rustls(CryptoMode::AwsLc)).build_with_resolver(AwsResolver(policy))
+    use aws_smithy_http_client::{proxy::ProxyConfig, Builder, ConnectorBuilder};
+    Builder::new().build_with_connector_fn(move |settings, components| {
+        let mut b = ConnectorBuilder::default().tls_provider(Provider::Rustls(CryptoMode::AwsLc));
+        b.set_connector_settings(settings.cloned());
+        if let Some(c) = components {
+            b.set_sleep_impl(c.sleep_impl());
+        }
+        b.set_proxy_config(Some(ProxyConfig::from_env()));
+        b.build_with_resolver(AwsResolver(policy.clone()))
+    })
 }
 
 #[cfg(test)]

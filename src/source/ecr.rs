@@ -266,6 +266,18 @@ impl EcrSource {
         Ok(Self { spec, cx })
     }
 
+    /// A tenant's override reached through a proxy (the standard
+    /// variables): the proxy connects, not the SDK's policy-bound resolver,
+    /// so the name is resolved and judged here first.
+    async fn overrides_through_proxy(&self) -> Result<(), SourceError> {
+        for u in [&self.spec.endpoint, &self.spec.sts_endpoint].into_iter().flatten() {
+            if let Ok(url) = url::Url::parse(u) {
+                super::httpclient::check_if_proxied(&self.cx.net, &url).await?;
+            }
+        }
+        Ok(())
+    }
+
     fn region(&self) -> &str {
         if self.spec.public == Some(true) { ECR_PUBLIC_REGION } else { &self.spec.region }
     }
@@ -509,6 +521,7 @@ enum Identity {
 impl TokenSource for EcrSource {
     fn mint(&self) -> MintFuture<'_> {
         Box::pin(async move {
+            self.overrides_through_proxy().await?;
             let (identity_key, identity) = self.identity().await?;
             let s = &self.spec;
             // The session name tells credentials apart in CloudTrail, so a

@@ -197,20 +197,26 @@ impl Client {
         read_capped(resp, endpoint, self.net.max_response_bytes).await
     }
 
-    /// Send and return the response head; the body is not read. A request
-    /// that goes through a proxy (the standard variables) is sent only when
-    /// the policy allows the name's addresses (the proxy connects, so the
-    /// resolver that filters direct connections is not asked).
+    /// Send and return the response head; the body is not read (through a
+    /// proxy, only after [`check_if_proxied`]).
     pub async fn send_head(&self, req: reqwest::RequestBuilder, endpoint: &str) -> Result<reqwest::Response, SourceError> {
         let req = req.build().map_err(|e| transport(endpoint, &e))?;
-        if crate::proxy::proxied(req.url()) {
-            self.net.egress.check_proxied(req.url()).await.map_err(|r| match r {
-                crate::proxy::ProxiedRefusal::Denied(d) => SourceError::EgressDenied { host: d.host },
-                crate::proxy::ProxiedRefusal::Resolve(_) => SourceError::Transport { endpoint: endpoint.to_string(), kind: "DNS lookup failed" },
-            })?;
-        }
+        check_if_proxied(&self.net, req.url()).await?;
         self.http.execute(req).await.map_err(|e| transport(endpoint, &e))
     }
+}
+
+/// A request to `url` through a proxy (the standard variables) goes out
+/// only when the policy allows the name's addresses: the proxy connects, so
+/// the resolver that filters direct connections is never asked.
+pub(super) async fn check_if_proxied(net: &NetPolicy, url: &Url) -> Result<(), SourceError> {
+    if !crate::proxy::proxied(url) {
+        return Ok(());
+    }
+    net.egress.check_proxied(url).await.map_err(|r| match r {
+        crate::proxy::ProxiedRefusal::Denied(d) => SourceError::EgressDenied { host: d.host },
+        crate::proxy::ProxiedRefusal::Resolve(_) => SourceError::Transport { endpoint: endpoint_of(url), kind: "DNS lookup failed" },
+    })
 }
 
 /// A response read in full (bounded).

@@ -53,7 +53,13 @@ async fn a_proxy_carries_token_requests_but_not_past_the_egress_policy() {
     let denied = Hostile::start(&metadata, None).await;
     let env = openshift_proxy_env(&proxy);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let operator = Operator::start_with(&ns.name, &["--egress-deny-cidrs", &format!("169.254.0.0/16,{metadata}/32")], &env);
+    // An admin-allowed AWS override by a name that leads to the stand-in
+    // (the SDK honours the proxy variables too).
+    let aws_named = by_name(&denied, "metadata.regcred.test", "aws", "").split("/c/").next().unwrap().to_string();
+    let operator = Operator::start_with(&ns.name, &["--egress-deny-cidrs", &format!("169.254.0.0/16,{metadata}/32"), "--aws-endpoint-overrides", &aws_named], &env);
+    create_secret(&client, &ns.name, "aws-keys", json!({"AWS_ACCESS_KEY_ID": "AKIASTATIC0000000001", "AWS_SECRET_ACCESS_KEY": "aws-secret-key-proxy-4"})).await;
+    create_credential(&client, &ns.name, "aws-to-metadata", json!({"source": {"ecr": {"region": "eu-west-1", "endpoint": aws_named,
+        "allowInsecureHTTP": true, "credentialsSecretRef": {"name": "aws-keys"}}}})).await;
 
     let body = r#"{"token":"proxied-tok-{n}","expires_in":3600}"#;
     create_credential(&client, &ns.name, "through-proxy", http_source(&by_name(&allowed, "tokens.regcred.test", "ok", body))).await;
@@ -68,7 +74,7 @@ async fn a_proxy_carries_token_requests_but_not_past_the_egress_policy() {
     assert!(asked.iter().any(|r| r.starts_with("GET http://tokens.regcred.test:") && r.contains("/c/ok/body")), "the proxy carried: {asked:?}");
 
     // A name that resolves to a denied address is refused before the proxy is asked.
-    for name in ["to-metadata", "metadata-literal"] {
+    for name in ["to-metadata", "metadata-literal", "aws-to-metadata"] {
         let cr = wait_ready(&client, &ns.name, name, "False", Some("EgressDenied"), Duration::from_secs(60)).await;
         assert!(message(&cr).contains("is denied by the operator's egress policy"), "{name}: {}", message(&cr));
     }
@@ -79,7 +85,7 @@ async fn a_proxy_carries_token_requests_but_not_past_the_egress_policy() {
     // The API server is in NO_PROXY: the operator reached it directly.
     assert!(!asked.iter().any(|r| r.contains("127.0.0.1:")), "the API server connection went through the proxy: {asked:?}");
     assert!(operator.logs().contains("watching RegistryCredentials"), "the operator did not start behind the proxy");
-    assert_no_secrets(&client, &ns.name, &operator, &["proxied-tok-".to_string()]).await;
+    assert_no_secrets(&client, &ns.name, &operator, &["proxied-tok-".to_string(), "aws-secret-key-proxy-4".to_string()]).await;
 }
 
 #[tokio::test]
@@ -211,4 +217,53 @@ async fn revocation_finds_an_issuer_under_a_path_and_ignores_another_tenants_doc
     assert!(said.contains("no metadata naming issuer") && said.contains("set issuer or revocationURL"), "{said}");
     assert!(server.active(token).await, "revoked through another tenant's document?");
     assert_eq!(server.foreign_requests().await, 0, "another tenant's endpoint was asked");
+}
+
+/// A pull Secret (`kubernetes.io/dockerconfigjson`) for `registry`.
+async fn pull_secret(client: &kube::Client, ns: &str, name: &str, registry: &str) {
+    let config = json!({"auths": {registry: {"username": "u", "password": "checked-pw-5"}}}).to_string();
+    let s: Secret = serde_json::from_value(json!({"metadata": {"name": name}, "type": "kubernetes.io/dockerconfigjson",
+        "stringData": {".dockerconfigjson": config}})).unwrap();
+    Api::<Secret>::namespaced(client.clone(), ns).create(&Default::default(), &s).await.unwrap();
+}
+
+#[tokio::test]
+async fn key_apis_revocation_and_check_are_refused_a_name_that_leads_to_a_denied_address() {
+    if !sealed() {
+        println!("skipped: needs the sealed run's test names (tests/seal/sealed.sh), which resolve to its stand-ins");
+        return;
+    }
+    let (client, ns) = setup("egress-more").await;
+    let metadata = metadata_standin();
+    let denied = Hostile::start(&metadata, None).await;
+    let server = OAuth2Server::start(3600).await;
+    let operator = Operator::start_with(&ns.name, &["--egress-deny-cidrs", &format!("169.254.0.0/16,{metadata}/32")], &[]);
+    let named = |case: &str| by_name(&denied, "metadata.regcred.test", case, "{}");
+    // The vendor API of a rotate source.
+    create_secret(&client, &ns.name, "admin", json!({"username": "admin", "password": "admin-pw-egress-2"})).await;
+    create_credential(&client, &ns.name, "keys", json!({"source": {"rotate": {"dockerHub": {}, "url": named("vendor").split("/c/").next().unwrap(),
+        "allowInsecureHTTP": true, "adminSecretRef": {"name": "admin"}}}})).await;
+    let cr = wait_ready(&client, &ns.name, "keys", "False", Some("EgressDenied"), Duration::from_secs(60)).await;
+    assert!(message(&cr).contains("egress to metadata.regcred.test is denied"), "{}", message(&cr));
+    // A revocation endpoint (RFC 7009) named by the tenant.
+    create_secret(&client, &ns.name, "client", json!({"client_id": "regcred-basic", "client_secret": server.secret})).await;
+    create_credential(&client, &ns.name, "revoked", json!({"source": {"oauth2": {"tokenURL": server.token_url(), "allowInsecureHTTP": true,
+        "clientSecretRef": {"name": "client"}, "registries": ["registry.example.com"],
+        "revoke": {"onDelete": true, "revocationURL": named("revoke")}}}})).await;
+    let cr = wait_ready(&client, &ns.name, "revoked", "True", Some("Rotated"), Duration::from_secs(60)).await;
+    Api::<regcred::api::RegistryCredential>::namespaced(client.clone(), &ns.name).delete("revoked", &Default::default()).await.unwrap();
+    let uid = cr.metadata.uid.unwrap();
+    let said = wait_for(Duration::from_secs(30), "a RevocationFailed Event", || async {
+        event_messages(&client, &ns.name, &uid).await.into_iter().find(|m| m.starts_with("Revoking a token failed"))
+    })
+    .await;
+    assert!(said.contains("egress to metadata.regcred.test is denied"), "{said}");
+    // `regcred check` (its default policy) against a registry by that name.
+    let host = by_name(&denied, "metadata.regcred.test", "x", "").split('/').nth(2).unwrap().to_string();
+    pull_secret(&client, &ns.name, "pull", &host).await;
+    let (code, out, err) = cli_with(&["check", "pull", "-n", &ns.name, "--insecure-http"], &[]);
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(out.contains(&format!("{host}  not reachable (denied by the egress policy)")), "{out}{err}");
+    assert_eq!(denied.total().await, 0, "the denied stand-in was reached");
+    assert_no_secrets(&client, &ns.name, &operator, &["admin-pw-egress-2".to_string(), "checked-pw-5".to_string()]).await;
 }
