@@ -1,14 +1,17 @@
 //! A manifest checked against the CRD's schema the way the API server checks
 //! it at admission, for the commands that read manifests from files
 //! (`regcred mint -f`): types, required fields, unknown fields, enums,
-//! patterns, lengths, item counts and bounds, from the same generated schema
-//! that `crds/` holds. Names of referenced Secrets, for one, are DNS-1123
-//! subdomains there, so no name can be a path. The CRD's CEL rules are not
-//! evaluated here; the sources check the same things again when they mint
-//! (https only unless allowed, exactly one source, duration bounds).
+//! patterns, lengths, item counts and bounds, and the CEL rules
+//! (`x-kubernetes-validations`: exactly one source, https unless allowed,
+//! duration bounds, …), from the same generated schema that `crds/` holds.
+//! Names of referenced Secrets, for one, are DNS-1123 subdomains there, so
+//! no name can be a path.
 //!
 //! Messages name the field and the rule, never the value (a header value
 //! may be a token).
+
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -63,6 +66,56 @@ fn walk(v: &Value, schema: &Value, path: &str, errs: &mut Vec<String>) {
         return;
     }
     let preserve = schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true));
+    let before = errs.len();
+    walk_schema(v, schema, path, preserve, errs);
+    // A node's CEL rules run once its value (and all below it) has the
+    // right shape, never on a value of the wrong type.
+    if errs.len() == before {
+        rules(v, schema, path, errs);
+    }
+}
+
+/// The `x-kubernetes-validations` of one schema node, `self` being `v`.
+fn rules(v: &Value, schema: &Value, path: &str, errs: &mut Vec<String>) {
+    for r in schema.get("x-kubernetes-validations").and_then(Value::as_array).into_iter().flatten() {
+        let Some(rule) = r.get("rule").and_then(Value::as_str) else { continue };
+        let at = format!("{path}{}", r.get("fieldPath").and_then(Value::as_str).unwrap_or(""));
+        let program = match cel::Program::compile(rule) {
+            Ok(p) => p,
+            Err(_) => {
+                errs.push(format!("{at}: the schema's rule does not compile: {rule}"));
+                continue;
+            }
+        };
+        let mut ctx = cel::Context::default();
+        ctx.add_variable_from_value("self", to_cel(v));
+        match program.execute(&ctx) {
+            Ok(cel::Value::Bool(true)) => {}
+            Ok(cel::Value::Bool(false)) => match r.get("message").and_then(Value::as_str) {
+                Some(m) => errs.push(format!("{at}: {m}")),
+                None => errs.push(format!("{at}: failed rule: {rule}")),
+            },
+            _ => errs.push(format!("{at}: the rule could not be evaluated: {rule}")),
+        }
+    }
+}
+
+/// A JSON value as CEL sees it (integers as `int`, as the API server does).
+fn to_cel(v: &Value) -> cel::Value {
+    match v {
+        Value::Null => cel::Value::Null,
+        Value::Bool(b) => cel::Value::Bool(*b),
+        Value::Number(n) => n.as_i64().map(cel::Value::Int).unwrap_or_else(|| cel::Value::Float(n.as_f64().unwrap_or(0.0))),
+        Value::String(s) => cel::Value::String(Arc::new(s.clone())),
+        Value::Array(a) => cel::Value::List(Arc::new(a.iter().map(to_cel).collect())),
+        Value::Object(m) => {
+            let map: HashMap<String, cel::Value> = m.iter().map(|(k, x)| (k.clone(), to_cel(x))).collect();
+            cel::Value::Map(map.into())
+        }
+    }
+}
+
+fn walk_schema(v: &Value, schema: &Value, path: &str, preserve: bool, errs: &mut Vec<String>) {
     if schema.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true)) {
         if !(v.is_i64() || v.is_u64() || v.is_string()) {
             errs.push(format!("{path}: must be an integer or a string"));
@@ -161,6 +214,7 @@ fn walk(v: &Value, schema: &Value, path: &str, errs: &mut Vec<String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde::Deserialize;
     use serde_json::json;
 
     fn cr(source: Value) -> Value {
@@ -177,6 +231,68 @@ mod tests {
         }
         let ok = cr(json!({"basic": {"secretRef": {"name": "robot.pull-1"}, "registries": ["r.example.com"]}}));
         assert_eq!(manifest(&ok, false), Ok(()));
+    }
+
+    #[test]
+    fn the_crds_cel_rules_are_applied() {
+        let basic = json!({"secretRef": {"name": "s"}, "registries": ["r.example.com"]});
+        let cases = [
+            (json!({"source": {"basic": basic, "oauth2": {"tokenURL": "https://a.example/t", "clientSecretRef": {"name": "c"}, "registries": ["r.example.com"]}}}), "spec.source: "),
+            (json!({"source": {"basic": basic}, "renewBefore": "9000h"}), "spec.renewBefore: "),
+            (json!({"source": {"oauth2": {"tokenURL": "http://a.example/t", "clientSecretRef": {"name": "c"}, "registries": ["r.example.com"]}}}), "must use https://"),
+            (json!({"source": {"ecr": {"region": "eu-west-1", "webIdentity": {"serviceAccountName": "sa"}}}}), "spec.source.ecr: "),
+            (json!({"source": {"basic": {"secretRef": {"name": "s"}, "registries": ["r.example.com"], "refreshInterval": "30s"}}}), "refreshInterval"),
+        ];
+        for (spec, want) in cases {
+            let v = json!({"apiVersion": "regcred.dev/v1alpha1", "kind": "RegistryCredential", "metadata": {"name": "x"}, "spec": spec});
+            let errs = manifest(&v, false).unwrap_err();
+            assert!(errs.iter().any(|e| e.contains(want)), "{want} not in {errs:?}");
+            assert!(!errs.iter().any(|e| e.contains("could not be evaluated") || e.contains("does not compile")), "{errs:?}");
+        }
+    }
+
+    #[test]
+    fn every_rule_of_both_crds_compiles() {
+        fn collect(v: &Value, out: &mut Vec<String>) {
+            match v {
+                Value::Object(m) => {
+                    for r in m.get("x-kubernetes-validations").and_then(Value::as_array).into_iter().flatten() {
+                        out.push(r["rule"].as_str().unwrap().to_string());
+                    }
+                    m.values().for_each(|x| collect(x, out));
+                }
+                Value::Array(a) => a.iter().for_each(|x| collect(x, out)),
+                _ => {}
+            }
+        }
+        let mut rules = Vec::new();
+        collect(&crate::crdgen::crd(), &mut rules);
+        collect(&crate::crdgen::cluster_crd(), &mut rules);
+        assert!(rules.len() > 40, "{}", rules.len());
+        for r in &rules {
+            assert!(cel::Program::compile(r).is_ok(), "{r}");
+        }
+    }
+
+    #[test]
+    fn every_example_manifest_is_valid() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/examples");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            for doc in serde_yaml::Deserializer::from_str(&text) {
+                let v = Value::deserialize(doc).unwrap();
+                let cluster = match v["kind"].as_str() {
+                    Some("RegistryCredential") => false,
+                    Some("ClusterRegistryCredential") => true,
+                    _ => continue,
+                };
+                seen += 1;
+                assert_eq!(manifest(&v, cluster), Ok(()), "{}: {}", path.display(), v["metadata"]["name"]);
+            }
+        }
+        assert!(seen >= 5, "only {seen} example credentials");
     }
 
     #[test]
