@@ -63,6 +63,13 @@ async fn a_proxy_carries_token_requests_but_not_past_the_egress_policy() {
 
     let body = r#"{"token":"proxied-tok-{n}","expires_in":3600}"#;
     create_credential(&client, &ns.name, "through-proxy", http_source(&by_name(&allowed, "tokens.regcred.test", "ok", body))).await;
+    // The same over https (CONNECT through the proxy), the test CA from a Secret.
+    let certs = TestCerts::new();
+    let allowed_tls = Hostile::start_tls_on(&certs, "127.0.0.2").await;
+    create_secret(&client, &ns.name, "ca", json!({"ca.crt": certs.pem("ca.crt")})).await;
+    let https_url = by_name(&allowed_tls, "tokens.regcred.test", "tls", body);
+    create_credential(&client, &ns.name, "https-through-proxy", json!({"source": {"http": {"url": https_url, "registries": ["registry.example.com"],
+        "tls": {"caBundleSecretRef": {"name": "ca", "key": "ca.crt"}}}}})).await;
     create_credential(&client, &ns.name, "to-metadata", http_source(&by_name(&denied, "metadata.regcred.test", "stolen", body))).await;
     create_credential(&client, &ns.name, "metadata-literal", http_source(&denied.url("literal", "body", &[("b", body)]))).await;
 
@@ -72,6 +79,10 @@ async fn a_proxy_carries_token_requests_but_not_past_the_egress_policy() {
     assert!(password_in(&s, "registry.example.com").starts_with("proxied-tok-"));
     let asked = proxy.requests();
     assert!(asked.iter().any(|r| r.starts_with("GET http://tokens.regcred.test:") && r.contains("/c/ok/body")), "the proxy carried: {asked:?}");
+    wait_ready(&client, &ns.name, "https-through-proxy", "True", Some("Rotated"), Duration::from_secs(60)).await;
+    let tls_port = allowed_tls.host().rsplit_once(':').unwrap().1.to_string();
+    let asked = proxy.requests();
+    assert!(asked.iter().any(|r| r.starts_with(&format!("CONNECT tokens.regcred.test:{tls_port} "))), "the proxy carried: {asked:?}");
 
     // A name that resolves to a denied address is refused before the proxy is asked.
     for name in ["to-metadata", "metadata-literal", "aws-to-metadata"] {

@@ -59,6 +59,7 @@ async fn chart_lints_renders_and_passes_a_server_side_dry_run() {
         vec![],
         vec!["--set", &watch],
         vec!["--set", "ecr.webIdentity=true", "--set", "ecr.identityNamespaceSelector=ecr=allowed", "--set", "networkPolicy.enabled=true", "--set", "replicaCount=1"],
+        vec!["--set", "proxy.httpProxy=http://proxy.example:3128", "--set", "proxy.httpsProxy=http://proxy.example:3128", "--set", r"proxy.noProxy=kubernetes.default.svc\,10.96.0.1"],
     ];
     for extra in variants {
         let mut t = helm();
@@ -68,6 +69,13 @@ async fn chart_lints_renders_and_passes_a_server_side_dry_run() {
         let (ok, out) = kubectl_stdin(&["apply", "--server-side", "--dry-run=server", "--field-manager", "regcred-chart-test", "-f", "-"], &rendered);
         assert!(ok, "dry run of {extra:?} failed:\n{out}");
         assert!(out.contains("deployment.apps/r-regcred serverside-applied (server dry run)"), "{out}");
+        if extra.iter().any(|a| a.starts_with("proxy.")) {
+            for env in ["name: HTTP_PROXY", "name: HTTPS_PROXY", "value: \"kubernetes.default.svc,10.96.0.1\""] {
+                assert!(rendered.contains(env), "{env} not rendered");
+            }
+        } else {
+            assert!(!rendered.contains("_PROXY"), "proxy variables rendered without the values");
+        }
     }
     // Monitoring objects need the Prometheus Operator's CRDs, absent here:
     // check they render as the documents Prometheus expects.

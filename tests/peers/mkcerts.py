@@ -1,7 +1,8 @@
 """Makes the TLS material regcred's tests use, into DIR (PEM files):
 
     ca.crt/ca.key            a test CA
-    server.crt/.key          for 127.0.0.1 and localhost, signed by the CA
+    server.crt/.key          for 127.0.0.1, 127.0.0.2, localhost and tokens.regcred.test
+                             (the sealed run's name for 127.0.0.2), signed by the CA
     wronghost.crt/.key       for wrong.example only, signed by the CA
     expired.crt/.key         for 127.0.0.1, expired in 2020, signed by the CA
     client.crt/.key          a client certificate (clientAuth), signed by the CA
@@ -70,7 +71,8 @@ def main():
             b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
         write(os.path.join(out, file), k, b.sign(ca_key, hashes.SHA256()))
 
-    local = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+    local = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.IPAddress(ipaddress.ip_address("127.0.0.2")),
+             x509.DNSName("localhost"), x509.DNSName("tokens.regcred.test")]
     day = datetime.timedelta(days=1)
     leaf("server", "127.0.0.1", local, ExtendedKeyUsageOID.SERVER_AUTH, now - day, now + 30 * day)
     leaf("wronghost", "wrong.example", [x509.DNSName("wrong.example")], ExtendedKeyUsageOID.SERVER_AUTH, now - day, now + 30 * day)

@@ -567,6 +567,14 @@ impl Hostile {
         Self::spawn("127.0.0.1", "https", &args, None).await
     }
 
+    /// HTTPS with the `server` certificate (which names 127.0.0.2 and
+    /// tokens.regcred.test too) on `host`.
+    pub async fn start_tls_on(certs: &TestCerts, host: &str) -> Self {
+        let crt = certs.path("server.crt").display().to_string();
+        let key = certs.path("server.key").display().to_string();
+        Self::spawn(host, "https", &["--cert".to_string(), crt, "--key".to_string(), key], None).await
+    }
+
     async fn spawn(host: &str, scheme: &str, args: &[String], realm: Option<&str>) -> Self {
         let dir = TempDir::new("hostile");
         let port = free_port();
