@@ -5,13 +5,14 @@
 //!
 //! 1. Foundations: `api` (the CRD types), `schedule` (pure time math and the
 //!    decision), `egress`, `proxy` (the proxy variables, for the API server
-//!    and, with the egress policy, for tenant-named endpoints), `source` (minting from each kind of source),
-//!    `secret` (rendering and writing the pull Secret), `status` (status
-//!    values), `memo` (what regcred remembers of its own writes and
-//!    attempts), `metrics`, `slots` (the fair queue every attempt waits
-//!    in: limits per namespace and origin, renewals first), `events`
-//!    (publishing Events, a new one when the note changes), `telemetry`,
-//!    `crdgen`, `validate` (a manifest checked against the CRD's schema).
+//!    and, with the egress policy, for tenant-named endpoints), `crdgen`,
+//!    `validate` (a manifest checked against the CRD's schema and CEL
+//!    rules), `source` (minting from each kind of source), `secret`
+//!    (rendering and writing the pull Secret), `status` (status values),
+//!    `memo` (what regcred remembers of its own writes and attempts),
+//!    `metrics`, `slots` (the fair queue every attempt waits in: limits per
+//!    namespace and origin, renewals first), `events` (publishing Events, a
+//!    new one when the note changes), `telemetry`.
 //! 2. `context`: settings, the shared state of every reconcile, deadlines,
 //!    the panic backstop, Events.
 //! 3. The parts of a reconcile: `index` (which credentials read which
