@@ -160,6 +160,35 @@ fn host_matches(pattern: &str, host: &str) -> bool {
     }
 }
 
+/// Why a name may not be reached: every address it has is denied, or it
+/// does not resolve.
+#[derive(Debug)]
+pub enum Refusal {
+    Denied(EgressDenied),
+    Resolve(ResolveFailed),
+}
+
+impl Refusal {
+    /// As the error an HTTP client's resolver reports (the inner error, so
+    /// callers find it in the chain by type).
+    pub fn boxed(self) -> Box<dyn std::error::Error + Send + Sync> {
+        match self {
+            Refusal::Denied(d) => Box::new(d),
+            Refusal::Resolve(r) => Box::new(r),
+        }
+    }
+}
+
+impl EgressPolicy {
+    /// Resolve `host` and keep its allowed addresses: what every connection
+    /// to a name goes through (reqwest's and the AWS SDK's resolvers, and
+    /// the check before a request is handed to a proxy).
+    pub async fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, Refusal> {
+        let addrs = tokio::net::lookup_host((host, port)).await.map_err(|_| Refusal::Resolve(ResolveFailed { host: host.to_string() }))?;
+        self.filter(host, addrs).map_err(Refusal::Denied)
+    }
+}
+
 /// A DNS resolver for reqwest that applies the policy to every answer, so
 /// the check holds at connect time whatever the name resolved to.
 pub struct Resolver(pub Arc<EgressPolicy>);
@@ -169,9 +198,8 @@ impl reqwest::dns::Resolve for Resolver {
         let policy = self.0.clone();
         let host = name.as_str().to_string();
         Box::pin(async move {
-            let addrs = tokio::net::lookup_host((host.as_str(), 0)).await.map_err(|_| ResolveFailed { host: host.clone() })?;
-            let kept = policy.filter(&host, addrs)?;
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Box::new(kept.into_iter()) as reqwest::dns::Addrs)
+            let kept = policy.resolve(&host, 0).await.map_err(Refusal::boxed)?;
+            Ok(Box::new(kept.into_iter()) as reqwest::dns::Addrs)
         })
     }
 }
@@ -185,11 +213,8 @@ pub struct AwsResolver(pub Arc<EgressPolicy>);
 impl aws_smithy_runtime_api::client::dns::ResolveDns for AwsResolver {
     fn resolve_dns<'a>(&'a self, name: &'a str) -> aws_smithy_runtime_api::client::dns::DnsFuture<'a> {
         use aws_smithy_runtime_api::client::dns::{DnsFuture, ResolveDnsError};
-        let policy = self.0.clone();
-        let host = name.to_string();
         DnsFuture::new(async move {
-            let addrs = tokio::net::lookup_host((host.as_str(), 0)).await.map_err(|_| ResolveDnsError::new(ResolveFailed { host: host.clone() }))?;
-            let kept = policy.filter(&host, addrs).map_err(ResolveDnsError::new)?;
+            let kept = self.0.resolve(name, 0).await.map_err(|r| ResolveDnsError::new(r.boxed()))?;
             Ok(kept.into_iter().map(|a| a.ip()).collect())
         })
     }
@@ -200,7 +225,7 @@ impl aws_smithy_runtime_api::client::dns::ResolveDns for AwsResolver {
 /// proxy variables) with the policy's resolver. One per policy, shared by
 /// every STS and ECR client so connections are pooled. Through a proxy the
 /// proxy resolves the target: the ECR source checks a tenant's override
-/// with [`EgressPolicy::check_proxied`] before asking.
+/// first, as the token client does (`httpclient::check_if_proxied`).
 pub fn aws_http_client(policy: Arc<EgressPolicy>) -> aws_smithy_runtime_api::client::http::SharedHttpClient {
     use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
     use aws_smithy_http_client::{proxy::ProxyConfig, Builder, ConnectorBuilder};

@@ -7,14 +7,12 @@
 //!   server (what a cluster-wide proxy, e.g. OpenShift's, injects);
 //! - to tenant-named endpoints: through the proxy too, but the egress policy
 //!   still holds. A proxy resolves the name itself, so the resolver that
-//!   filters every answer never sees it; [`EgressPolicy::check_proxied`] resolves
-//!   the name first and applies the policy before the proxy is asked.
+//!   filters every answer never sees it: the sources resolve the name first
+//!   and apply the policy before the proxy is asked ([`proxied`] tells when).
 
 use std::sync::OnceLock;
 
 use hyper_util::client::proxy::matcher::Matcher;
-
-use crate::egress::{EgressDenied, EgressPolicy, ResolveFailed};
 
 static MATCHER: OnceLock<Matcher> = OnceLock::new();
 
@@ -68,30 +66,6 @@ pub async fn kube_client() -> Result<kube::Client, kube::Error> {
     let mut config = kube::Config::infer().await.map_err(kube::Error::InferConfig)?;
     config.proxy_url = api_proxy(&config.cluster_url, config.proxy_url.take());
     kube::Client::try_from(config)
-}
-
-impl EgressPolicy {
-    /// For a request that goes through a proxy: resolve a named host here
-    /// and refuse it when every address is denied (or it does not resolve),
-    /// since the proxy, not regcred, connects. What the proxy resolves later
-    /// is up to the proxy: it must enforce the same policy itself.
-    pub async fn check_proxied(&self, url: &url::Url) -> Result<(), ProxiedRefusal> {
-        let Some(url::Host::Domain(host)) = url.host() else { return Ok(()) };
-        let port = url.port_or_known_default().unwrap_or(443);
-        let addrs = tokio::net::lookup_host((host, port)).await.map_err(|_| ProxiedRefusal::Resolve(ResolveFailed { host: host.to_string() }))?;
-        let kept = self.filter(host, addrs).map_err(ProxiedRefusal::Denied)?;
-        if kept.is_empty() {
-            return Err(ProxiedRefusal::Resolve(ResolveFailed { host: host.to_string() }));
-        }
-        Ok(())
-    }
-}
-
-/// Why a proxied request was not sent.
-#[derive(Debug)]
-pub enum ProxiedRefusal {
-    Denied(EgressDenied),
-    Resolve(ResolveFailed),
 }
 
 #[cfg(test)]

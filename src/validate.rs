@@ -146,11 +146,11 @@ fn walk_schema(v: &Value, schema: &Value, path: &str, preserve: bool, errs: &mut
     match v {
         Value::String(s) => {
             let len = s.chars().count() as u64;
-            if n("minLength").is_some_and(|m| len < m) {
-                errs.push(format!("{path}: must be at least {} characters", n("minLength").unwrap_or(0)));
+            if let Some(m) = n("minLength").filter(|m| len < *m) {
+                errs.push(format!("{path}: must be at least {m} characters"));
             }
-            if n("maxLength").is_some_and(|m| len > m) {
-                errs.push(format!("{path}: must be at most {} characters", n("maxLength").unwrap_or(0)));
+            if let Some(m) = n("maxLength").filter(|m| len > *m) {
+                errs.push(format!("{path}: must be at most {m} characters"));
             }
             if let Some(p) = schema.get("pattern").and_then(Value::as_str) {
                 match regex::Regex::new(p) {
@@ -171,11 +171,11 @@ fn walk_schema(v: &Value, schema: &Value, path: &str, preserve: bool, errs: &mut
         }
         Value::Array(items) => {
             let len = items.len() as u64;
-            if n("minItems").is_some_and(|m| len < m) {
-                errs.push(format!("{path}: must have at least {} items", n("minItems").unwrap_or(0)));
+            if let Some(m) = n("minItems").filter(|m| len < *m) {
+                errs.push(format!("{path}: must have at least {m} items"));
             }
-            if n("maxItems").is_some_and(|m| len > m) {
-                errs.push(format!("{path}: must have at most {} items", n("maxItems").unwrap_or(0)));
+            if let Some(m) = n("maxItems").filter(|m| len > *m) {
+                errs.push(format!("{path}: must have at most {m} items"));
                 return;
             }
             if let Some(item) = schema.get("items") {
@@ -185,8 +185,8 @@ fn walk_schema(v: &Value, schema: &Value, path: &str, preserve: bool, errs: &mut
             }
         }
         Value::Object(map) => {
-            if n("maxProperties").is_some_and(|m| map.len() as u64 > m) {
-                errs.push(format!("{path}: must have at most {} entries", n("maxProperties").unwrap_or(0)));
+            if let Some(m) = n("maxProperties").filter(|m| map.len() as u64 > *m) {
+                errs.push(format!("{path}: must have at most {m} entries"));
                 return;
             }
             for r in schema.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str) {

@@ -21,6 +21,22 @@ use crate::index::ReferenceIndex;
 
 use super::{error_policy, reconcile, refs_namespace, FleetContext, KIND};
 
+/// A cache of `api`'s objects (without their managed fields) and the stream
+/// of changes that fills it.
+fn cached<K>(api: Api<K>, config: watcher::Config) -> (Store<K>, impl futures::Stream<Item = Result<K, watcher::Error>>)
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (store, writer) = reflector::store();
+    let stream = watcher(api, config)
+        .default_backoff()
+        .modify(|o| o.managed_fields_mut().clear())
+        .reflect(writer)
+        .touched_objects();
+    (store, stream)
+}
+
 /// Where the cluster credentials' source Secrets are recorded.
 struct Refs {
     index: Arc<ReferenceIndex>,
@@ -97,30 +113,9 @@ pub async fn run(
     let (ccr_reader, ccr_writer) = reflector::store();
     let refs = Refs { index, home_namespace: home_namespace.clone() };
     let ccr_stream = credential_stream(&base, Api::all(client.clone()), selector.as_deref(), ccr_writer, ccr_reader.clone(), refs);
-    let (namespaces, ns_writer) = reflector::store();
-    let ns_stream = watcher(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .modify(|n| {
-            n.managed_fields_mut().clear();
-        })
-        .reflect(ns_writer)
-        .touched_objects();
-    let (owned, owned_writer) = reflector::store();
-    let owned_stream = watcher(Api::<PartialObjectMeta<Secret>>::all(client.clone()), watcher::Config::default().labels(api::CLUSTER_CREDENTIAL_LABEL))
-        .default_backoff()
-        .modify(|s| {
-            s.managed_fields_mut().clear();
-        })
-        .reflect(owned_writer)
-        .touched_objects();
-    let (accounts, sa_writer) = reflector::store();
-    let sa_stream = watcher(Api::<ServiceAccount>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .modify(|s| {
-            s.managed_fields_mut().clear();
-        })
-        .reflect(sa_writer)
-        .touched_objects();
+    let (namespaces, ns_stream) = cached(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), watcher::Config::default());
+    let (owned, owned_stream) = cached(Api::<PartialObjectMeta<Secret>>::all(client.clone()), watcher::Config::default().labels(api::CLUSTER_CREDENTIAL_LABEL));
+    let (accounts, sa_stream) = cached(Api::<ServiceAccount>::all(client.clone()), watcher::Config::default());
 
     let ctx = Arc::new(FleetContext { base, namespaces, owned, accounts, home_namespace, written: Default::default() });
     let (all, with_accounts) = (ccr_reader.clone(), ccr_reader.clone());

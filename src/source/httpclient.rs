@@ -213,10 +213,14 @@ pub(super) async fn check_if_proxied(net: &NetPolicy, url: &Url) -> Result<(), S
     if !crate::proxy::proxied(url) {
         return Ok(());
     }
-    net.egress.check_proxied(url).await.map_err(|r| match r {
-        crate::proxy::ProxiedRefusal::Denied(d) => SourceError::EgressDenied { host: d.host },
-        crate::proxy::ProxiedRefusal::Resolve(_) => SourceError::Transport { endpoint: endpoint_of(url), kind: "DNS lookup failed" },
-    })
+    let Some(url::Host::Domain(host)) = url.host() else { return Ok(()) };
+    let unresolved = || SourceError::Transport { endpoint: endpoint_of(url), kind: "DNS lookup failed" };
+    match net.egress.resolve(host, url.port_or_known_default().unwrap_or(443)).await {
+        Ok(kept) if kept.is_empty() => Err(unresolved()),
+        Ok(_) => Ok(()),
+        Err(egress::Refusal::Denied(d)) => Err(SourceError::EgressDenied { host: d.host }),
+        Err(egress::Refusal::Resolve(_)) => Err(unresolved()),
+    }
 }
 
 /// A response read in full (bounded).

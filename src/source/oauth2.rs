@@ -174,20 +174,15 @@ const MAX_ISSUER_CANDIDATES: usize = 6;
 /// origin (Auth0).
 fn issuer_candidates(token_url: &url::Url) -> Vec<url::Url> {
     let segments: Vec<&str> = token_url.path_segments().map(|s| s.filter(|x| !x.is_empty()).collect()).unwrap_or_default();
-    let mut out = Vec::new();
-    for n in (1..segments.len()).rev().take(MAX_ISSUER_CANDIDATES - 1) {
+    let at = |n: usize| {
         let mut u = token_url.clone();
         u.set_query(None);
         u.set_fragment(None);
         u.set_path(&format!("/{}", segments[..n].join("/")));
-        out.push(u);
-    }
-    let mut root = token_url.clone();
-    root.set_query(None);
-    root.set_fragment(None);
-    root.set_path("/");
-    out.push(root);
-    out
+        u
+    };
+    let longest = (1..segments.len()).rev().take(MAX_ISSUER_CANDIDATES - 1);
+    longest.chain([0]).map(at).collect()
 }
 
 /// Where an issuer publishes its metadata: OpenID Connect Discovery 1.0 §4
