@@ -6,7 +6,8 @@
 #
 # 1. Fetch and build, on the machine's network: the control plane binaries and
 #    the real peers (each cached outside the repository, so a warm run only
-#    checks), and the test binaries (`cargo test --no-run`).
+#    checks), the test binaries (`cargo test --no-run`) and the release
+#    binary (the image tests/it/alone/install.rs builds and installs).
 # 2. Sweep what a killed earlier run left (tests/node/sweep.sh).
 # 3. Run, sealed (tests/seal/sealed.sh): every test process in network, PID
 #    and mount namespaces of the run's own, offline, with only the loopback
@@ -29,6 +30,8 @@ if [ "${REGCRED_SEALED:-}" != 1 ]; then
   tests/controlplane/build.sh >/dev/null
   tests/peers/install.sh >/dev/null
   cargo test --locked --no-run --quiet
+  # The release binary, for the image the install test builds (deploy/image/build.py).
+  cargo build --locked --release --quiet --bin regcred
   if [ "${USE_EXISTING_CLUSTER:-}" = true ]; then
     echo "tests: UNSEALED: USE_EXISTING_CLUSTER=true runs the tests on this machine's network against $KUBECONFIG;" \
       "the node tests, the stand-in checks and the killed-run check are skipped" >&2

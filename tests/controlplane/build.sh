@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds etcd, kube-apiserver, kube-controller-manager, kubectl and the kubelet
+# Builds etcd, kube-apiserver, kube-controller-manager, kube-scheduler (for
+# Deployments: tests/it/alone/install.rs), kubectl and the kubelet
 # (for the node harness, tests/node/up.sh) at the versions pinned in go.mod, and Helm as pinned in helm/go.mod, into a cache
 # outside the repository keyed by the hash of each go.mod/go.sum, so only the
 # first run is slow. Prints the bin directory (helm is linked into it).
@@ -8,11 +9,11 @@ here=$(cd "$(dirname "$0")" && pwd)
 key=$(cat "$here/go.mod" "$here/go.sum" | sha256sum | cut -c1-16)
 cache=${REGCRED_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/regcred}
 bin="$cache/controlplane-$key/bin"
-tools=(etcd kube-apiserver kube-controller-manager kubectl kubelet)
-have=1
-for t in "${tools[@]}"; do [ -x "$bin/$t" ] || have=0; done
-if [ "$have" = 0 ]; then
-  mkdir -p "$bin.tmp"
+tools=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet)
+missing=()
+for t in "${tools[@]}"; do [ -x "$bin/$t" ] || missing+=("$t"); done
+if [ "${#missing[@]}" -gt 0 ]; then
+  mkdir -p "$bin"
   cd "$here"
   # -trimpath and no VCS stamping keep the build independent of the checkout.
   export CGO_ENABLED=0 GOFLAGS="-mod=mod -trimpath -buildvcs=false"
@@ -21,12 +22,17 @@ if [ "$have" = 0 ]; then
   ldv="-X k8s.io/component-base/version.gitVersion=$kv -X k8s.io/component-base/version.gitMajor=1"
   ldv="$ldv -X k8s.io/component-base/version.gitMinor=$(echo "$kv" | cut -d. -f2)"
   ldv="$ldv -X k8s.io/component-base/version.gitTreeState=clean"
-  go build -o "$bin.tmp/etcd" go.etcd.io/etcd/server/v3 >&2
-  for t in kube-apiserver kube-controller-manager kubectl kubelet; do
+  # Only what is missing (a tool added later builds alone); each lands whole
+  # or not at all (built beside it, then renamed).
+  for t in "${missing[@]}"; do
     echo "building $t" >&2
-    go build -ldflags "-s -w $ldv" -o "$bin.tmp/$t" "k8s.io/kubernetes/cmd/$t" >&2
+    if [ "$t" = etcd ]; then
+      go build -o "$bin/.$t.tmp" go.etcd.io/etcd/server/v3 >&2
+    else
+      go build -ldflags "-s -w $ldv" -o "$bin/.$t.tmp" "k8s.io/kubernetes/cmd/$t" >&2
+    fi
+    mv "$bin/.$t.tmp" "$bin/$t"
   done
-  rm -rf "$bin" && mv "$bin.tmp" "$bin"
 fi
 helm_key=$(cat "$here/helm/go.mod" "$here/helm/go.sum" | sha256sum | cut -c1-16)
 helm="$cache/helm-$helm_key/helm"

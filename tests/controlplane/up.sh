@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Starts a real Kubernetes control plane on 127.0.0.1: etcd, kube-apiserver
-# (RBAC on, client-certificate auth) and kube-controller-manager (so garbage
-# collection, namespace deletion and ServiceAccounts work), on free ports.
+# (RBAC on, client-certificate auth), kube-controller-manager (so garbage
+# collection, namespace deletion, ServiceAccounts and Deployments work) and
+# kube-scheduler (so a Deployment's Pods find the node of tests/node/up.sh),
+# on free ports.
 #
 #   up.sh [--until-stdin-closes] [DIR]
 #
@@ -40,9 +42,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 0' INT TERM
 
-read -r etcd_port peer_port api_port kcm_port < <(python3 - <<'EOF'
+read -r etcd_port peer_port api_port kcm_port sched_port < <(python3 - <<'EOF'
 import socket
-socks = [socket.socket() for _ in range(4)]
+socks = [socket.socket() for _ in range(5)]
 for s in socks:
     s.bind(("127.0.0.1", 0))
 print(*[s.getsockname()[1] for s in socks])
@@ -90,8 +92,11 @@ contexts:
 current-context: local
 EOF
 }
+# The scheduler as itself: the bootstrap RBAC policy binds system:kube-scheduler.
+sign scheduler "/CN=system:kube-scheduler" "extendedKeyUsage=clientAuth"
 kubeconfig "$dir/kubeconfig" admin
 kubeconfig "$dir/kcm.kubeconfig" kcm
+kubeconfig "$dir/scheduler.kubeconfig" scheduler
 
 # --- etcd
 etcd --name regcred-test --data-dir "$dir/etcd" \
@@ -139,15 +144,26 @@ done
 # --- kube-controller-manager: garbage collector, namespace deletion, ServiceAccounts,
 # Deployments and ReplicaSets, PodDisruptionBudget status (the Eviction API
 # honours a budget only once computed), kube-root-ca.crt in every namespace,
-# ResourceQuota usage (admission enforces a quota only once its status is computed).
+# ResourceQuota usage (admission enforces a quota only once its status is computed),
+# node lifecycle (it lifts the not-ready taint the kubelet registers with, so
+# the scheduler places Pods on the node once it is Ready).
 kube-controller-manager \
   --kubeconfig "$dir/kcm.kubeconfig" \
   --authentication-kubeconfig "$dir/kcm.kubeconfig" --authorization-kubeconfig "$dir/kcm.kubeconfig" \
   --bind-address 127.0.0.1 --secure-port "$kcm_port" \
   --leader-elect=false --use-service-account-credentials=false \
   --service-account-private-key-file "$pki/sa.key" --root-ca-file "$pki/ca.crt" \
-  --controllers garbagecollector,namespace,serviceaccount,serviceaccount-token,resourcequota,deployment,replicaset,disruption,root-ca-cert-publisher \
+  --controllers garbagecollector,namespace,serviceaccount,serviceaccount-token,resourcequota,deployment,replicaset,disruption,root-ca-cert-publisher,nodelifecycle \
   >"$dir/kube-controller-manager.log" 2>&1 &
+pids+=($!)
+
+# --- kube-scheduler: Pods that name no node (a Deployment's) go to the one
+# node tests/node/up.sh starts; Pods naming theirs are left alone.
+kube-scheduler \
+  --kubeconfig "$dir/scheduler.kubeconfig" \
+  --authentication-kubeconfig "$dir/scheduler.kubeconfig" --authorization-kubeconfig "$dir/scheduler.kubeconfig" \
+  --bind-address 127.0.0.1 --secure-port "$sched_port" --leader-elect=false \
+  >"$dir/kube-scheduler.log" 2>&1 &
 pids+=($!)
 
 log "kube-apiserver https://127.0.0.1:$api_port, logs in $dir"

@@ -14,19 +14,6 @@ use serde_json::json;
 
 use crate::support::*;
 
-fn helm() -> Command {
-    let bin = control_plane().bin.clone().expect("helm comes with the test control plane");
-    let mut c = Command::new(bin.join("helm"));
-    c.env("KUBECONFIG", &control_plane().kubeconfig).env("HELM_CACHE_HOME", std::env::temp_dir().join("regcred-helm-cache"));
-    c
-}
-
-fn run(mut cmd: Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// `kubectl <args>` with `input` on stdin: (success, stdout + stderr).
 fn kubectl_stdin(args: &[&str], input: &str) -> (bool, String) {
     let mut child = control_plane()
@@ -48,7 +35,7 @@ async fn chart_lints_renders_and_passes_a_server_side_dry_run() {
     let chart = repo_root().join("charts/regcred");
     let mut lint = helm();
     lint.args(["lint", "--strict"]).arg(&chart);
-    run(lint);
+    run_ok(lint);
     // Invalid values are refused by values.schema.json.
     let mut bad = helm();
     bad.args(["template", "r"]).arg(&chart).args(["--set", "logging.format=xml"]);
@@ -65,7 +52,7 @@ async fn chart_lints_renders_and_passes_a_server_side_dry_run() {
         let mut t = helm();
         // The CRD is already installed (by the suite, under another field manager).
         t.args(["template", "r"]).arg(&chart).args(["--namespace", &ns.name, "--set", "crds.install=false"]).args(&extra);
-        let rendered = run(t);
+        let rendered = run_ok(t);
         let (ok, out) = kubectl_stdin(&["apply", "--server-side", "--dry-run=server", "--field-manager", "regcred-chart-test", "-f", "-"], &rendered);
         assert!(ok, "dry run of {extra:?} failed:\n{out}");
         assert!(out.contains("deployment.apps/r-regcred serverside-applied (server dry run)"), "{out}");
@@ -81,7 +68,7 @@ async fn chart_lints_renders_and_passes_a_server_side_dry_run() {
     // check they render as the documents Prometheus expects.
     let mut t = helm();
     t.args(["template", "r"]).arg(&chart).args(["--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.prometheusRule.enabled=true"]);
-    let rendered = run(t);
+    let rendered = run_ok(t);
     let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&rendered).map(|d| serde::Deserialize::deserialize(d).unwrap()).collect();
     let kinds: Vec<&str> = docs.iter().filter_map(|d| d.get("kind")?.as_str()).collect();
     assert!(kinds.contains(&"ServiceMonitor") && kinds.contains(&"PrometheusRule"), "{kinds:?}");
@@ -145,7 +132,7 @@ async fn operator_runs_with_only_the_charts_rbac() {
         .args(["install", "regcred"])
         .arg(&chart)
         .args(["--namespace", &ns.name, "--set", "crds.install=false", "--set", "replicaCount=1"]);
-    run(install);
+    run_ok(install);
     let dir = TempDir::new("helm");
     let kubeconfig = service_account_kubeconfig(&ns.name, "regcred", &dir);
     let kc = kubeconfig.to_str().unwrap();
@@ -256,4 +243,62 @@ async fn metrics_expose_the_expiry_of_each_credential() {
     assert!(text.contains("regcred_reconcile_duration_seconds_count"));
     assert!(text.contains("regcred_mints_total{source=\"oauth2\"} 1"));
     assert!(!text.contains(&server.secret));
+}
+
+/// The Dockerfile's USER, ENTRYPOINT, CMD and the binary's path.
+fn dockerfile_says() -> (String, Vec<String>, Vec<String>, String) {
+    let text = std::fs::read_to_string(repo_root().join("Dockerfile")).unwrap();
+    // The last stage is the image.
+    let last = &text[text.rfind("\nFROM ").unwrap()..];
+    let line = |key: &str| last.lines().find_map(|l| l.strip_prefix(key)).unwrap_or_else(|| panic!("no {key} in the Dockerfile's last stage")).trim().to_string();
+    let exec = |key: &str| serde_json::from_str::<Vec<String>>(&line(key)).unwrap();
+    let copy = line("COPY ");
+    (line("USER "), exec("ENTRYPOINT "), exec("CMD "), copy.split_whitespace().last().unwrap().to_string())
+}
+
+#[test]
+fn the_image_built_without_an_engine_agrees_with_the_dockerfile_and_is_reproducible() {
+    let binary = release_binary();
+    let dir = TempDir::new("image");
+    let name = "ghcr.io/regcred/regcred:0.1.0";
+    let a = build_image(&binary, name, &dir.join("a"), Some(&dir.join("a.tar")));
+    let b = build_image(&binary, name, &dir.join("b"), Some(&dir.join("b.tar")));
+    assert_eq!(a, b, "two builds from one binary, two digests");
+    assert!(std::fs::read(dir.join("a.tar")).unwrap() == std::fs::read(dir.join("b.tar")).unwrap(), "the archives differ");
+
+    // skopeo reads it, and it says what the Dockerfile says.
+    let inspect = |extra: &[&str]| -> serde_json::Value {
+        let mut c = Command::new(peers().path("SKOPEO"));
+        c.arg("inspect").args(extra).arg(format!("oci:{}:0.1.0", dir.join("a").display()));
+        serde_json::from_str(&run_ok(c)).unwrap()
+    };
+    assert_eq!(inspect(&[])["Digest"], a.as_str());
+    let config = inspect(&["--config"]);
+    let (user, entrypoint, cmd, path) = dockerfile_says();
+    assert_eq!(config["config"]["User"], user.as_str());
+    assert_eq!(config["config"]["Entrypoint"], json!(entrypoint));
+    assert_eq!(config["config"]["Cmd"], json!(cmd));
+    assert_eq!(entrypoint[0], path, "the entrypoint is the binary the Dockerfile copies");
+    assert_eq!(config["os"], "linux");
+
+    // The binary is where the entrypoint says, and the user exists: unpack the
+    // layers and run it as that user, from that root.
+    let root = dir.join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("a/index.json")).unwrap()).unwrap();
+    let blob = |d: &str| dir.join("a/blobs/sha256").join(d.trim_start_matches("sha256:"));
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap()).unwrap();
+    for layer in manifest["layers"].as_array().unwrap() {
+        let mut c = Command::new("tar");
+        c.arg("-xzf").arg(blob(layer["digest"].as_str().unwrap())).arg("-C").arg(&root);
+        run_ok(c);
+    }
+    let passwd = std::fs::read_to_string(root.join("etc/passwd")).unwrap();
+    let uid = user.split(':').next().unwrap();
+    assert!(passwd.lines().any(|l| l.split(':').nth(2) == Some(uid)), "no passwd entry for {uid}");
+    let mut c = Command::new("chroot");
+    c.arg(format!("--userspec={user}")).arg(&root).arg(&path).arg("--version");
+    let out = run_ok(c);
+    assert!(out.starts_with("regcred "), "{out}");
+    assert!(root.join("etc/ssl/certs/ca-certificates.crt").is_file());
 }

@@ -221,3 +221,18 @@ impl Drop for AdmissionPolicy {
         }
     }
 }
+
+/// Helm (built with the control plane), pointed at the test cluster.
+pub fn helm() -> Command {
+    let bin = control_plane().bin.clone().expect("helm comes with the test control plane");
+    let mut c = Command::new(bin.join("helm"));
+    c.env("KUBECONFIG", &control_plane().kubeconfig).env("HELM_CACHE_HOME", std::env::temp_dir().join("regcred-helm-cache"));
+    c
+}
+
+/// Run a command that must succeed; its stdout.
+pub fn run_ok(mut cmd: Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?} failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod image;
 pub mod node;
 pub mod oauth2;
 pub mod objects;
@@ -11,6 +12,7 @@ pub mod proxy;
 pub mod seal;
 
 pub use cluster::*;
+pub use image::*;
 pub use node::*;
 pub use oauth2::*;
 pub use objects::*;

@@ -358,7 +358,13 @@ impl Registry {
     }
 
     fn push_layout(&self, layout: &Path, repo: &str, user: &str, password: &str) -> String {
-        let dest = format!("docker://{}/{repo}:1", self.host);
+        self.push_oci(layout, "1", &format!("{repo}:1"), user, password)
+    }
+
+    /// Push the image tagged `tag` in the OCI layout `layout` as `repo_tag`
+    /// (`name:tag`); the reference Pods pull it by.
+    pub fn push_oci(&self, layout: &Path, tag: &str, repo_tag: &str, user: &str, password: &str) -> String {
+        let dest = format!("docker://{}/{repo_tag}", self.host);
         let mut cmd = Command::new(peers().path("SKOPEO"));
         match &self.cert_dir {
             Some(d) => cmd.arg("copy").arg("--dest-cert-dir").arg(d),
@@ -366,12 +372,12 @@ impl Registry {
         };
         let out = cmd
             .args(["--dest-creds", &format!("{user}:{password}")])
-            .arg(format!("oci:{}:1", layout.display()))
+            .arg(format!("oci:{}:{tag}", layout.display()))
             .arg(&dest)
             .output()
             .unwrap();
         assert!(out.status.success(), "push failed: {}", String::from_utf8_lossy(&out.stderr));
-        format!("{}/{repo}:1", self.host)
+        format!("{}/{repo_tag}", self.host)
     }
 }
 
