@@ -7,6 +7,7 @@
 //! uninstall. In tests/it/alone: it takes the node for minutes, and the
 //! release it installs owns the CRDs.
 
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -271,4 +272,88 @@ async fn helm_install_from_an_authenticated_registry_runs_rotates_takes_over_upg
         first_rotation_in.as_secs_f64(),
         takeover.as_secs_f64()
     );
+}
+
+/// `path` relative to `from` (kustomize refuses absolute paths to bases).
+fn relative(from: &std::path::Path, path: &std::path::Path) -> String {
+    let depth = from.components().count() - 1;
+    format!("{}{}", "../".repeat(depth), path.strip_prefix("/").unwrap().display())
+}
+
+#[tokio::test]
+async fn the_plain_manifest_with_the_host_network_component_runs_on_the_node() {
+    let Some(node) = node() else { return };
+    let client = control_plane().client().await;
+    let dir = TempDir::new("manifest");
+
+    // The image, imported into the node's containerd under the name the manifest names.
+    let manifest = std::fs::read_to_string(repo_root().join("deploy/regcred.yaml")).unwrap();
+    let name = manifest.lines().find_map(|l| l.trim().strip_prefix("image: ")).unwrap().to_string();
+    let digest = build_image(&release_binary(), &name, &dir.join("image"), Some(&dir.join("image.tar")));
+    let socket = node.dir.join("containerd/containerd.sock");
+    let mut import = Command::new("ctr");
+    import.arg("-a").arg(&socket).args(["-n", "k8s.io", "images", "import"]).arg(dir.join("image.tar"));
+    run_ok(import);
+    let mut list = Command::new("ctr");
+    list.arg("-a").arg(&socket).args(["-n", "k8s.io", "images", "ls"]);
+    let images = run_ok(list);
+    // REF TYPE DIGEST SIZE PLATFORMS LABELS
+    assert!(images.lines().any(|l| l.split_whitespace().next() == Some(name.as_str()) && l.contains(&digest)), "ctr did not import {name} as {digest}:\n{images}");
+    let _cleanup = ManifestCleanup;
+
+    // A kustomization of the user's own: the manifest, our host-network
+    // component, and the API server's address (as the README says).
+    let overlay = dir.join("overlay");
+    std::fs::create_dir_all(&overlay).unwrap();
+    let deploy = repo_root().join("deploy");
+    std::fs::write(
+        overlay.join("kustomization.yaml"),
+        format!(
+            "resources: [{}]\ncomponents: [{}]\npatches:\n  - target: {{kind: Deployment, name: regcred}}\n    patch: |-\n      \
+             - {{op: add, path: /spec/template/spec/containers/0/env/-, value: {{name: KUBERNETES_SERVICE_HOST, value: \"127.0.0.1\"}}}}\n      \
+             - {{op: add, path: /spec/template/spec/containers/0/env/-, value: {{name: KUBERNETES_SERVICE_PORT, value: \"{}\"}}}}\n",
+            relative(&overlay, &deploy),
+            relative(&overlay, &deploy.join("kustomize/host-network")),
+            api_server_port()
+        ),
+    )
+    .unwrap();
+    let applied = Instant::now();
+    // --force-conflicts: the CRDs may already be there under another manager.
+    let (ok, out, err) = control_plane().kubectl_output(&["apply", "--server-side", "--force-conflicts", "-k", overlay.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+
+    let ns = "regcred-system";
+    let pod = ready_operator_pod(&client, ns, None, Duration::from_secs(120)).await;
+    let ready_in = applied.elapsed();
+    let container = &pod.status.as_ref().unwrap().container_statuses.as_ref().unwrap()[0];
+    assert_eq!(container.image, name);
+    assert_eq!(pod.spec.as_ref().unwrap().host_network, Some(true));
+
+    // One rotation.
+    let tenant = namespace(&client, "manifest").await;
+    let t = &tenant.name;
+    create_secret(&client, t, "robot", json!({"username": "robot", "password": "manifest-pw-7c3e90"})).await;
+    create_credential(&client, t, "cred", json!({"source": {"basic": {"secretRef": {"name": "robot"}, "registries": ["registry.example.com"], "verify": false}}})).await;
+    wait_ready(&client, t, "cred", "True", Some("Rotated"), Duration::from_secs(60)).await;
+    let log = pod_log(&node, ns, &pod, "regcred");
+    assert!(log.contains("became the leader") && !log.contains("manifest-pw-7c3e90"), "{log}");
+    eprintln!("plain manifest: image {digest} imported; kubectl apply -k to Pod Ready {:.1} s", ready_in.as_secs_f64());
+
+    // The credential goes while the operator runs (its finalizer); the CRDs
+    // stay (other tests use them); the operator goes with its namespace.
+    let (ok, out, err) = control_plane().kubectl_output(&["delete", "regcred", "cred", "-n", t, "--timeout=60s"]);
+    assert!(ok, "{out}{err}");
+}
+
+/// What the plain manifest installed, but the CRDs (other tests use them):
+/// its namespace and its cluster-wide RBAC, which a Helm release of the
+/// same name would otherwise conflict with.
+struct ManifestCleanup;
+
+impl Drop for ManifestCleanup {
+    fn drop(&mut self) {
+        let _ = control_plane().kubectl_output(&["delete", "namespace", "regcred-system", "--wait=false", "--ignore-not-found"]);
+        let _ = control_plane().kubectl_output(&["delete", "clusterrole,clusterrolebinding", "-l", "app.kubernetes.io/instance=regcred", "--ignore-not-found"]);
+    }
 }
