@@ -3,6 +3,7 @@
 #
 #   tests/run.sh [CARGO TEST FILTER AND FLAGS]...
 #   tests/run.sh --killed-run          (only the killed-run check, see below)
+#   tests/run.sh --local-node          (only `deploy/local/up.sh --check --node`)
 #
 # 1. Fetch and build, on the machine's network: the control plane binaries and
 #    the real peers (each cached outside the repository, so a warm run only
@@ -15,7 +16,10 @@
 #    a real kube-apiserver, etcd and kube-controller-manager, real peers and a
 #    real kubelet on the loopback. Without a filter, then the tests in
 #    tests/it/alone one at a time (a burst of thousands of credentials would
-#    disturb the others), and the killed-run check (tests/seal/killed-run.sh):
+#    disturb the others), the README's first command with a node
+#    (`deploy/local/up.sh --check --node`: the operator installed with Helm as
+#    a Pod; a node of its own, so after the test processes, whose node lives
+#    as long as they do), and the killed-run check (tests/seal/killed-run.sh):
 #    a node and a Pod, the run SIGKILLed, the sweep, nothing left.
 #
 # Needs root. USE_EXISTING_CLUSTER=true (with KUBECONFIG) runs the tests
@@ -43,10 +47,13 @@ fi
 
 # Sealed from here on.
 if [ "${1:-}" = --killed-run ]; then exec tests/seal/killed-run.sh; fi
+local_node() { REGCRED_IMAGE_BIN="$CARGO_TARGET_DIR/release/regcred" deploy/local/up.sh --check --node; }
+if [ "${1:-}" = --local-node ]; then local_node; exit; fi
 # Integration tests mostly wait on servers: run more of them than there are cores.
 if [ $# -gt 0 ]; then exec cargo test --locked -- --test-threads "$threads" "$@"; fi
 cargo test --locked -- --test-threads "$threads" --skip alone::
 # Then the tests that load the whole machine or time the operator's work
 # (tests/it/alone), one at a time, and the killed-run check.
 cargo test --locked --test it -- --test-threads 1 alone::
+local_node
 tests/seal/killed-run.sh

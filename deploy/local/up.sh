@@ -14,11 +14,17 @@
 # (containerd + kubelet) and a registry whose token realm accepts only OAuth2
 # tokens that are active right now, so the example's Secret is what Pods pull
 # with: Pod demo/app runs with it, and after two rotations (the first token
-# expired) Pod demo/app-rotated does too. `--check --node` asserts both.
+# expired) Pod demo/app-rotated does too. The operator then runs as users run
+# it: its image built from the release binary (deploy/image/build.py),
+# imported into the node's containerd, and `helm install`ed from
+# charts/regcred as a Pod on the node's network, told the API server's address
+# (chart values hostNetwork, apiServer.host/port), so nothing dials the
+# `kubernetes` Service's address. `--check --node` asserts all of it.
 #
 # The first run builds the control plane from the Go module proxy (~10 min on
 # 2 cores) and the operator; later runs start in seconds. Everything stops on
-# exit. Set REGCRED_BIN to use an already built binary.
+# exit. Set REGCRED_BIN to use an already built binary (with --node, the
+# release binary for the image: REGCRED_IMAGE_BIN).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 mode=watch
@@ -33,11 +39,20 @@ done
 log() { echo "up: $*" >&2; }
 
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/regcred/target}
-bin=${REGCRED_BIN:-}
-if [ -z "$bin" ]; then
-  log "building regcred"
-  (cd "$root" && cargo build --locked --quiet)
-  bin="$CARGO_TARGET_DIR/debug/regcred"
+if [ "$with_node" = 1 ]; then
+  bin=${REGCRED_IMAGE_BIN:-}
+  if [ -z "$bin" ]; then
+    log "building regcred (release, for the image)"
+    (cd "$root" && cargo build --locked --release --quiet --bin regcred)
+    bin="$CARGO_TARGET_DIR/release/regcred"
+  fi
+else
+  bin=${REGCRED_BIN:-}
+  if [ -z "$bin" ]; then
+    log "building regcred"
+    (cd "$root" && cargo build --locked --quiet)
+    bin="$CARGO_TARGET_DIR/debug/regcred"
+  fi
 fi
 cpbin=$("$root/tests/controlplane/build.sh")
 peers=$("$root/tests/peers/install.sh")
@@ -51,6 +66,8 @@ cleanup() {
   trap - EXIT INT TERM
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  # The operator's Deployment would replace the Pods the node deletes on its way out.
+  [ -n "${node_pid:-}" ] && "$kubectl" -n regcred-system scale deployment regcred --replicas 0 >/dev/null 2>&1
   # Then the node (the operator, started after it, held its stdin open too),
   # before the control plane: it deletes its Pods through the API.
   [ -n "${node_fd:-}" ] && eval "exec $node_fd>&-"
@@ -72,8 +89,11 @@ read -r ready kubeconfig <&"${CP[0]}"
 export KUBECONFIG=$kubeconfig
 log "control plane up; export KUBECONFIG=$KUBECONFIG to use kubectl ($kubectl)"
 
-"$kubectl" apply --server-side -f "$root/crds/" >/dev/null
-"$kubectl" wait --for=condition=Established crd/registrycredentials.regcred.dev --timeout=60s >/dev/null
+# With a node, the chart installs the CRDs (below).
+if [ "$with_node" = 0 ]; then
+  "$kubectl" apply --server-side -f "$root/crds/" >/dev/null
+  "$kubectl" wait --for=condition=Established crd/registrycredentials.regcred.dev --timeout=60s >/dev/null
+fi
 
 # --- a local token endpoint
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -153,9 +173,28 @@ wait_running() { # name
 }
 
 # --- the operator
-"$bin" run --log-level info --metrics-bind-address 127.0.0.1:0 >"$dir/operator.log" 2>&1 &
-pids+=($!)
-log "operator running; logs in $dir/operator.log"
+operator_log() { # the operator's log: its file, or the kubelet's for its Pod
+  if [ "$with_node" = 1 ]; then cat "$dir"/node/logs/pods/regcred-system_*/regcred/*.log 2>/dev/null; else cat "$dir/operator.log"; fi
+}
+if [ "$with_node" = 1 ]; then
+  image=$(python3 "$root/deploy/image/build.py" --binary "$bin" --archive "$dir/regcred-image.tar" "$dir/regcred-image" 2>&1 >/dev/null)
+  ctr -a "$dir/node/containerd/containerd.sock" -n k8s.io images import "$dir/regcred-image.tar" >/dev/null
+  log "image $image, imported into the node's containerd"
+  server=$("$kubectl" config view --minify -o jsonpath='{.clusters[0].cluster.server}')
+  api_port=${server##*:}
+  "$cpbin/helm" install regcred "$root/charts/regcred" --namespace regcred-system --create-namespace \
+    --set hostNetwork=true --set apiServer.host=127.0.0.1 --set apiServer.port="$api_port" \
+    --set replicaCount=1 --set metrics.port="$(free_port)" --set logging.format=text >/dev/null
+  "$kubectl" wait --for=condition=Established crd/registrycredentials.regcred.dev --timeout=60s >/dev/null
+  "$kubectl" -n regcred-system rollout status deployment/regcred --timeout=120s >/dev/null ||
+    { "$kubectl" -n regcred-system describe pods >&2; log "the operator's Pod did not become Ready"; exit 1; }
+  log "operator installed with Helm: Pod $("$kubectl" -n regcred-system get pods -o name) Ready on the node's network;" \
+    "logs in $dir/node/logs/pods/regcred-system_*"
+else
+  "$bin" run --log-level info --metrics-bind-address 127.0.0.1:0 >"$dir/operator.log" 2>&1 &
+  pids+=($!)
+  log "operator running; logs in $dir/operator.log"
+fi
 
 # --- an example credential
 "$kubectl" create namespace demo >/dev/null
@@ -195,6 +234,12 @@ if [ "$mode" = --check ]; then
       "$kubectl" -n demo get regcred example
       "$kubectl" -n demo get events --field-selector involvedObject.name=example
       if [ "$with_node" = 1 ]; then
+        # Rotated by the operator's Pod, which still runs as it started.
+        "$kubectl" -n regcred-system get pods -o wide
+        operator_log >"$dir/operator-pod.log"
+        grep -q "became the leader" "$dir/operator-pod.log" || { log "the operator's Pod log does not show it leading"; exit 1; }
+        restarts=$("$kubectl" -n regcred-system get pods -o jsonpath='{.items[0].status.containerStatuses[0].restartCount}')
+        [ "$restarts" = 0 ] || { log "the operator's Pod restarted $restarts times"; exit 1; }
         # The first token has expired: the registry refuses it; the Secret's
         # current one pulls.
         pod app-rotated
@@ -207,7 +252,7 @@ if [ "$mode" = --check ]; then
     fi
     sleep 0.5
   done
-  log "no two rotations in 150 s"; tail -n 20 "$dir/operator.log" >&2
+  log "no two rotations in 150 s"; operator_log | tail -n 20 >&2
   exit 1
 fi
 [ "$with_node" = 1 ] && "$kubectl" -n demo get pods -o wide
