@@ -170,6 +170,32 @@ async fn helm_install_from_an_authenticated_registry_runs_rotates_takes_over_upg
     assert_eq!(status_field(&status, "CapEff:"), "0000000000000000");
     assert_eq!(status_field(&status, "NoNewPrivs:"), "1");
     assert!(root_ro, "the root filesystem is writable");
+    // Exactly the chart's RBAC: every binding naming the ServiceAccount is the
+    // release's, and what the chart does not grant is refused.
+    let sa = format!("system:serviceaccount:{n}:regcred");
+    let (ok, out, err) = control_plane().kubectl_output(&["get", "clusterrolebindings,rolebindings", "-A", "-o", "json"]);
+    assert!(ok, "{err}");
+    let bindings: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let mut ours = 0;
+    for b in bindings["items"].as_array().unwrap() {
+        let names_sa = b["subjects"].as_array().into_iter().flatten().any(|s| s["kind"] == "ServiceAccount" && s["name"] == "regcred" && s["namespace"] == n.as_str());
+        if names_sa {
+            ours += 1;
+            assert_eq!(b["metadata"]["labels"]["app.kubernetes.io/instance"], "regcred", "a binding not from the chart: {}", b["metadata"]["name"]);
+        }
+    }
+    assert!(ours > 0, "no binding names {sa}");
+    let can = |args: &[&str]| {
+        let mut full = vec!["auth", "can-i", "--as", sa.as_str(), "-n", n.as_str()];
+        full.extend_from_slice(args);
+        control_plane().kubectl_output(&full).1.trim() == "yes"
+    };
+    for allowed in [&["get", "secrets"][..], &["list", "registrycredentials.regcred.dev", "-A"], &["create", "events.events.k8s.io"]] {
+        assert!(can(allowed), "the chart's RBAC does not grant {allowed:?}");
+    }
+    for refused in [&["get", "pods"][..], &["get", "configmaps"], &["create", "namespaces"], &["delete", "registrycredentials.regcred.dev"]] {
+        assert!(!can(refused), "{refused:?} is granted beyond the chart's RBAC");
+    }
     let metrics = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics")).await.unwrap().text().await.unwrap();
     assert!(metrics.contains("regcred_"), "{metrics}");
 
@@ -202,6 +228,7 @@ async fn helm_install_from_an_authenticated_registry_runs_rotates_takes_over_upg
     // file still reads what the container wrote until it stopped.
     let mut old_log_file = open_pod_log(&node, n, &pod, "regcred");
     let deleted = Instant::now();
+    let deleted_at = Utc::now();
     let (ok, out, err) = control_plane().kubectl_output(&["delete", "pod", "-n", n, &pod.name_any(), "--wait=false"]);
     assert!(ok, "{out}{err}");
     let old_pod = pod;
@@ -214,6 +241,7 @@ async fn helm_install_from_an_authenticated_registry_runs_rotates_takes_over_upg
     let takeover = deleted.elapsed();
     let (renewed, seen) = next_rotation(&crs, not_after, Duration::from_secs(60), "a renewal by the replacement").await;
     assert!(seen < not_after, "renewed at {seen}, after the Secret expired at {not_after}");
+    let renewal = format!("first renewal {:.1} s after the delete, {:.1} s before the old credential expired", (seen - deleted_at).as_seconds_f64(), (not_after - seen).as_seconds_f64());
     not_after = renewed;
     let mut old_log = String::new();
     std::io::Read::read_to_string(&mut old_log_file, &mut old_log).unwrap();
@@ -267,7 +295,7 @@ async fn helm_install_from_an_authenticated_registry_runs_rotates_takes_over_upg
     assert!(ok, "{out}{err}");
 
     eprintln!(
-        "image {digest}; helm install to Pod Ready {:.1} s, to first rotation {:.1} s; takeover (leader Pod deleted to replacement holding the lease) {:.1} s",
+        "image {digest}; helm install to Pod Ready {:.1} s, to first rotation {:.1} s; takeover (leader Pod deleted to replacement holding the lease) {:.1} s, {renewal}",
         ready_in.as_secs_f64(),
         first_rotation_in.as_secs_f64(),
         takeover.as_secs_f64()
@@ -353,7 +381,8 @@ struct ManifestCleanup;
 
 impl Drop for ManifestCleanup {
     fn drop(&mut self) {
-        let _ = control_plane().kubectl_output(&["delete", "namespace", "regcred-system", "--wait=false", "--ignore-not-found"]);
+        // Waited for: the README's test installs into regcred-system next.
+        let _ = control_plane().kubectl_output(&["delete", "namespace", "regcred-system", "--ignore-not-found", "--timeout=120s"]);
         let _ = control_plane().kubectl_output(&["delete", "clusterrole,clusterrolebinding", "-l", "app.kubernetes.io/instance=regcred", "--ignore-not-found"]);
     }
 }
