@@ -261,8 +261,8 @@ fn the_image_built_without_an_engine_agrees_with_the_dockerfile_and_is_reproduci
     let binary = release_binary();
     let dir = TempDir::new("image");
     let name = "ghcr.io/regcred/regcred:0.1.0";
-    let a = build_image(&binary, name, &dir.join("a"), Some(&dir.join("a.tar")));
-    let b = build_image(&binary, name, &dir.join("b"), Some(&dir.join("b.tar")));
+    let a = build_image(&binary, name, &dir.join("a"), Some(&dir.join("a.tar")), 0);
+    let b = build_image(&binary, name, &dir.join("b"), Some(&dir.join("b.tar")), 0);
     assert_eq!(a, b, "two builds from one binary, two digests");
     assert!(std::fs::read(dir.join("a.tar")).unwrap() == std::fs::read(dir.join("b.tar")).unwrap(), "the archives differ");
 

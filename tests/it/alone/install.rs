@@ -121,7 +121,7 @@ async fn helm_install_from_an_authenticated_registry_runs_rotates_takes_over_upg
     let (pull_user, pull_pw) = ("cluster-pull", "image-pull-pw-5e71c0");
     let registry = Registry::htpasswd_tls(&[(pull_user, pull_pw)], &certs).await;
     let name = format!("{}/regcred/regcred:0.1.0", registry.host);
-    let digest = build_image(&release_binary(), &name, &dir.join("image"), None);
+    let digest = build_image(&release_binary(), &name, &dir.join("image"), None, 0);
     registry.push_oci(&dir.join("image"), "0.1.0", "regcred/regcred:0.1.0", pull_user, pull_pw);
     node.trust(&registry);
     run_ok({
@@ -317,7 +317,11 @@ async fn the_plain_manifest_with_the_host_network_component_runs_on_the_node() {
     // The image, imported into the node's containerd under the name the manifest names.
     let manifest = std::fs::read_to_string(repo_root().join("deploy/regcred.yaml")).unwrap();
     let name = manifest.lines().find_map(|l| l.trim().strip_prefix("image: ")).unwrap().to_string();
-    let digest = build_image(&release_binary(), &name, &dir.join("image"), Some(&dir.join("image.tar")));
+    // Another timestamp than the Helm test's image, so another image to the
+    // kubelet: it records that the Helm test pulled that one with a pull
+    // Secret (KubeletEnsureSecretPulledImages) and would then want every Pod
+    // using it to show credentials for it, as a node that pulled it would.
+    let digest = build_image(&release_binary(), &name, &dir.join("image"), Some(&dir.join("image.tar")), 1);
     let socket = node.dir.join("containerd/containerd.sock");
     let mut import = Command::new("ctr");
     import.arg("-a").arg(&socket).args(["-n", "k8s.io", "images", "import"]).arg(dir.join("image.tar"));

@@ -14,10 +14,12 @@ pub fn release_binary() -> PathBuf {
     bin
 }
 
-/// deploy/image/build.py: the image's digest.
-pub fn build_image(binary: &Path, name: &str, out: &Path, archive: Option<&Path>) -> String {
+/// deploy/image/build.py: the image's digest. `epoch` is its
+/// SOURCE_DATE_EPOCH (the files' times and the config's `created`).
+pub fn build_image(binary: &Path, name: &str, out: &Path, archive: Option<&Path>, epoch: u64) -> String {
     let mut cmd = Command::new("python3");
     cmd.arg(repo_root().join("deploy/image/build.py")).arg("--binary").arg(binary).args(["--name", name]);
+    cmd.env("SOURCE_DATE_EPOCH", epoch.to_string());
     if let Some(a) = archive {
         cmd.arg("--archive").arg(a);
     }
