@@ -463,7 +463,7 @@ pub async fn run(
     };
     let sa_stream = watcher(accounts, watcher::Config::default()).default_backoff().touched_objects();
     let selecting = reader.clone();
-    Controller::for_stream(cr_stream, reader)
+    let results = Controller::for_stream(cr_stream, reader)
         .owns_stream(owned)
         .watches_stream(referenced, move |s| referencing(&index, cluster.as_ref(), &s))
         .watches_stream(sa_stream, move |sa| {
@@ -477,13 +477,8 @@ pub async fn run(
         })
         .with_config(ControllerConfig::default().concurrency(0))
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|res| async move {
-            if let Err(e) = res {
-                debug!(error = %e, "reconcile error");
-            }
-        })
-        .await;
+        .run(reconcile, error_policy, ctx);
+    crate::telemetry::drain(results, "reconcile error").await;
 }
 
 /// The credentials, reflected into `writer`, kept in the reference index

@@ -37,6 +37,18 @@ pub fn init(format: LogFormat, level: &str) {
     let _ = tracing_subscriber::registry().with(layer.with_filter(caps).with_filter(filter)).try_init();
 }
 
+/// Drive a controller's results to their end. Each reconcile reports its own
+/// failures (conditions, Events, metrics); what arrives here is
+/// kube-runtime's (a queue or watch error), logged at debug as `what`.
+pub async fn drain<T, E: std::fmt::Display>(results: impl futures::Stream<Item = Result<T, E>>, what: &str) {
+    futures::StreamExt::for_each(results, |res| async move {
+        if let Err(e) = res {
+            tracing::debug!(error = %e, "{what}");
+        }
+    })
+    .await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,6 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, watcher};
 use kube::runtime::WatchStreamExt;
 use kube::{Client, ResourceExt};
-use tracing::debug;
 
 use crate::api::{self, ClusterRegistryCredential};
 use crate::context::Context;
@@ -127,7 +126,7 @@ pub async fn run(
             .map(|c| ObjectRef::from_obj(c.as_ref()))
             .collect()
     };
-    Controller::for_stream(ccr_stream, ccr_reader)
+    let results = Controller::for_stream(ccr_stream, ccr_reader)
         .watches_stream(ns_stream, move |_| every(&all, false))
         .watches_stream(owned_stream, |s| {
             s.metadata
@@ -142,12 +141,7 @@ pub async fn run(
         .reconcile_on(triggered.map(|name| ObjectRef::new(&name)))
         .with_config(ControllerConfig::default().concurrency(concurrency))
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|res| async move {
-            if let Err(e) = res {
-                debug!(error = %e, "fleet reconcile error");
-            }
-        })
-        .await;
+        .run(reconcile, error_policy, ctx);
+    crate::telemetry::drain(results, "fleet reconcile error").await;
 }
 

@@ -32,7 +32,7 @@ pub fn api_server_port() -> u16 {
 /// What the kubelet wrote for the Pod's `container` (its log directory, not
 /// `kubectl logs`: the API server would look the node up by name).
 pub fn pod_log(node: &Node, ns: &str, pod: &Pod, container: &str) -> String {
-    let dir = node.dir.join("logs/pods").join(format!("{ns}_{}_{}", pod.name_any(), pod.uid().unwrap())).join(container);
+    let dir = pod_log_dir(node, ns, pod, container);
     let mut out = String::new();
     for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
         out.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
@@ -40,9 +40,14 @@ pub fn pod_log(node: &Node, ns: &str, pod: &Pod, container: &str) -> String {
     out
 }
 
+/// Where the kubelet writes the logs of the Pod's `container`.
+fn pod_log_dir(node: &Node, ns: &str, pod: &Pod, container: &str) -> std::path::PathBuf {
+    node.dir.join("logs/pods").join(format!("{ns}_{}_{}", pod.name_any(), pod.uid().unwrap())).join(container)
+}
+
 /// The first log file of the Pod's `container`, open.
 pub fn open_pod_log(node: &Node, ns: &str, pod: &Pod, container: &str) -> std::fs::File {
-    let dir = node.dir.join("logs/pods").join(format!("{ns}_{}_{}", pod.name_any(), pod.uid().unwrap())).join(container);
+    let dir = pod_log_dir(node, ns, pod, container);
     std::fs::File::open(dir.join("0.log")).unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
 }
 
